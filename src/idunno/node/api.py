@@ -1,0 +1,115 @@
+"""The node's HTTP API under /v1/ (aiohttp). Every route needs a bearer token minted from the
+cluster key; errors are JSON `{"error": "<one line>"}`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from idunno.membership.codec import DecodeError
+from idunno.transport import tokens
+
+if TYPE_CHECKING:
+    from idunno.node.server import Node
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NODE_KEY = web.AppKey("node", "Node")
+MAX_BODY = 4 << 20
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def auth_middleware(key: bytes) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return error(401, "missing bearer token: send `Authorization: Bearer <token>` "
+                              "(the idunno CLI does this from the cluster key)")
+        reason = tokens.check(key, header[len("Bearer "):].strip())
+        if reason is not None:
+            return error(401, reason)
+        return await handler(request)
+
+    return middleware
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return error(exc.status, exc.reason or "request failed")
+        raise
+
+
+def member_row(node: Node, m: Any) -> dict[str, Any]:
+    shell = node.membership
+    return {
+        "id": m.name,
+        "address": m.addr,
+        "status": m.status.value,
+        "incarnation": m.incarnation,
+        "changed_at": round(shell.wall(m.changed_at), 3),
+    }
+
+
+async def get_members(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    core = node.membership.core
+    rows = [member_row(node, m) for m in sorted(core.members.values(), key=lambda m: m.name)]
+    return web.json_response({"self": core.name, "members": rows})
+
+
+async def get_self(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    core = node.membership.core
+    me = core.members[core.name]
+    shell = node.membership
+    return web.json_response(
+        {
+            **member_row(node, me),
+            "pid": os.getpid(),
+            "data_dir": str(node.data_dir),
+            "preset": node.preset,
+            "started_at": round(node.started_at, 3),
+            "live_members": core.live_count(),
+            "awareness": core.awareness.score,
+            "traffic": {k: v for k, v in sorted(shell.stats.items())},
+            "dropped": dict(shell.opener.dropped),
+        }
+    )
+
+
+async def post_leave(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    node.request_stop(leave=True)
+    return web.json_response({"leaving": node.name}, status=202)
+
+
+async def post_push_pull(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    body = await request.read()
+    try:
+        reply = await node.membership.handle_push_pull(body)
+    except DecodeError as exc:
+        return error(400, f"bad push-pull body: {exc}")
+    return web.Response(body=reply, content_type="application/msgpack")
+
+
+def build_app(node: Node, key: bytes) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(key)], client_max_size=MAX_BODY
+    )
+    app[NODE_KEY] = node
+    app.router.add_get("/v1/members", get_members)
+    app.router.add_get("/v1/self", get_self)
+    app.router.add_post("/v1/leave", post_leave)
+    app.router.add_post("/v1/internal/push-pull", post_push_pull)
+    return app

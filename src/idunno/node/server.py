@@ -1,0 +1,162 @@
+"""One node process: composes the layers (membership now; the store and the control plane
+later) behind one address: UDP for the failure detector, TCP/HTTP for everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from idunno.membership.config import MembershipConfig
+from idunno.membership.core import MembershipCore
+from idunno.membership.shell import Faults, MembershipShell
+from idunno.node.api import build_app
+from idunno.node.logs import EventLog
+from idunno.transport import tokens
+
+PUSH_PULL_TIMEOUT = 3.0
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is one line naming the cause and the fix."""
+
+
+@dataclass
+class NodeOptions:
+    name: str
+    host: str  # address to bind
+    port: int
+    advertise: str  # HOST:PORT other nodes use to reach us
+    seeds: tuple[str, ...]
+    data_dir: Path
+    key: bytes
+    preset: str
+    config: MembershipConfig
+    faults: Faults = field(default_factory=Faults)
+    stderr_level: str = "info"
+
+
+class Node:
+    def __init__(self, opts: NodeOptions) -> None:
+        self.opts = opts
+        self.name = opts.name
+        self.data_dir = opts.data_dir
+        self.preset = opts.preset
+        self.started_at = time.time()
+        self.log = EventLog(opts.name, opts.data_dir, stderr_level=opts.stderr_level)
+        self._stop = asyncio.Event()
+        self._leave_on_stop = True
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.membership: MembershipShell  # set in start()
+
+    def request_stop(self, leave: bool = True) -> None:
+        self._leave_on_stop = leave
+        self._stop.set()
+
+    async def _push_pull(self, addr: str, body: bytes) -> bytes:
+        assert self._session is not None
+        headers = {
+            "Authorization": f"Bearer {tokens.mint(self.opts.key, ttl=60)}",
+            "Content-Type": "application/msgpack",
+        }
+        url = f"http://{addr}/v1/internal/push-pull"
+        timeout = aiohttp.ClientTimeout(total=PUSH_PULL_TIMEOUT)
+        try:
+            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as r:
+                if r.status != 200:
+                    detail = (await r.text())[:200]
+                    raise ValueError(f"HTTP {r.status} from {addr}: {detail}")
+                return await r.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectionRefusedError(str(exc.os_error or exc)) from None
+        except aiohttp.ClientError as exc:
+            raise OSError(f"{type(exc).__name__}: {exc}") from None
+
+    async def start(self) -> None:
+        opts = self.opts
+        loop = asyncio.get_running_loop()
+        core = MembershipCore(
+            opts.name, opts.advertise, opts.config, random.Random(), loop.time(), opts.seeds
+        )
+        self.membership = MembershipShell(core, opts.key, self._push_pull, self.log, opts.faults)
+        self._session = aiohttp.ClientSession()
+        app = build_app(self, opts.key)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        try:
+            sock = _bind_tcp(opts.host, opts.port)
+            await web.SockSite(self._runner, sock).start()
+            await self.membership.start(opts.host, opts.port)
+        except OSError as exc:
+            await self._close()
+            raise StartupError(_bind_error(opts.host, opts.port, exc)) from None
+        self.log(
+            "node_started",
+            address=opts.advertise,
+            preset=opts.preset,
+            seeds=list(opts.seeds) or None,
+            data_dir=str(opts.data_dir),
+        )
+
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if self._leave_on_stop:
+            self.log("node_leaving")
+            await self.membership.leave()
+        await self.membership.stop()
+        await self._close()
+        self.log("node_stopped")
+        self.log.close()
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} is already in use on {host} (TCP or UDP): stop what holds it or "
+            "choose another with --listen HOST:PORT"
+        )
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return f"cannot bind {host}:{port}: this machine has no such address; use one of its own"
+    if exc.errno == errno.EACCES:
+        return f"cannot bind {host}:{port}: permission denied; use a port above 1023"
+    return f"cannot bind {host}:{port}: {exc.strerror or exc}"

@@ -7,6 +7,7 @@ generated cluster key (mode 0600).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -229,7 +230,11 @@ def start_cluster(
 
 
 def write_cluster(directory: Path, nodes: Sequence[NodeProc], preset: str) -> None:
-    data = {"preset": preset, "key_file": str(directory / KEY_FILE), "nodes": [asdict(n) for n in nodes]}
+    data = {
+        "preset": preset,
+        "key_file": str(directory / KEY_FILE),
+        "nodes": [asdict(n) for n in nodes],
+    }
     tmp = directory / (CLUSTER_FILE + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(directory / CLUSTER_FILE)
@@ -240,10 +245,8 @@ def stop_nodes(nodes: Sequence[NodeProc], leave: bool = True, timeout: float = 1
     sig = signal.SIGTERM if leave else signal.SIGKILL
     targets = [n for n in nodes if is_running(n)]
     for n in targets:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(n.pid, sig)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     for n in targets:
         while is_running(n) and time.monotonic() < deadline:
@@ -257,10 +260,8 @@ def stop_nodes(nodes: Sequence[NodeProc], leave: bool = True, timeout: float = 1
 
 def _reap(pid: int) -> None:
     """Collect a child's exit status if it is ours (no zombie left behind)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def stop_cluster(directory: Path, timeout: float = 10.0) -> list[str]:

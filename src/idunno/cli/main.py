@@ -190,8 +190,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         _print_json({"dir": str(directory.resolve()), "nodes": [n.__dict__ for n in nodes]})
         return 0
     print(f"{len(nodes)} nodes up and converged in {took:.1f} s ({directory / 'cluster.json'}):")
-    print(table(["NAME", "ADDRESS", "PID", "DATA DIR"],
-                [[n.name, n.address, str(n.pid), n.data_dir] for n in nodes]))
+    print(
+        table(
+            ["NAME", "ADDRESS", "PID", "DATA DIR"],
+            [[n.name, n.address, str(n.pid), n.data_dir] for n in nodes],
+        )
+    )
     print("try: idunno members    stop with: idunno down")
     return 0
 
@@ -208,7 +212,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from idunno.demo import run_demo
 
-    return run_demo(_cluster_dir(args) if args.dir else None, keep=args.keep)
+    code: int = run_demo(_cluster_dir(args) if args.dir else None, keep=args.keep)
+    return code
 
 
 # --- parser -----------------------------------------------------------------------------
@@ -216,11 +221,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_common(p: argparse.ArgumentParser, listing: bool = False) -> None:
     p.add_argument("--at", metavar="HOST:PORT", help="node to ask (default: the local cluster)")
-    p.add_argument("--key-file", metavar="FILE", help="cluster key (default: $IDUNNO_CLUSTER_KEY "
-                   "or DIR/cluster.key)")
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="cluster key (default: $IDUNNO_CLUSTER_KEY or DIR/cluster.key)",
+    )
     p.add_argument("--dir", metavar="D", help="local cluster directory (default: .idunno)")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON instead of a table" if listing else "print JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead of a table" if listing else "print JSON",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,8 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"idunno {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
-            common: bool = True, listing: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        fn: Callable[[argparse.Namespace], int],
+        help_: str,
+        common: bool = True,
+        listing: bool = False,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         if common:
@@ -239,16 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("node", cmd_node, "run one node in the foreground", common=False)
-    p.add_argument("--listen", required=True, metavar="HOST:PORT",
-                   help="UDP (failure detector) and TCP (HTTP API) address")
+    p.add_argument(
+        "--listen",
+        required=True,
+        metavar="HOST:PORT",
+        help="UDP (failure detector) and TCP (HTTP API) address",
+    )
     p.add_argument("--join", metavar="HOST:PORT[,...]", help="any live members to join through")
     p.add_argument("--advertise", metavar="HOST:PORT", help="address peers use (default --listen)")
     p.add_argument("--data-dir", metavar="DIR", help="node data dir (default .idunno/nodes/NAME)")
     p.add_argument("--name", help="unique node name (default HOSTNAME-PORT)")
     p.add_argument("--key-file", metavar="FILE", help="cluster key (or $IDUNNO_CLUSTER_KEY)")
     p.add_argument("--preset", default="lan", choices=sorted(PRESETS), help="timing preset")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="stderr verbosity (the JSON log always has everything)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="stderr verbosity (the JSON log always has everything)",
+    )
     p.add_argument("--fault-drop", type=float, default=0.0, help=argparse.SUPPRESS)
 
     add("members", cmd_members, "list the cluster's members (MP2 list_mem)", listing=True)
@@ -260,8 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
     p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")
-    p.add_argument("--base-port", type=int, default=7100, metavar="P",
-                   help="first port; node i gets P+i (default 7100)")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=7100,
+        metavar="P",
+        help="first port; node i gets P+i (default 7100)",
+    )
     p.add_argument("--preset", default="lan", choices=sorted(PRESETS), help="timing preset")
     add("down", cmd_down, "stop the local cluster started by `idunno up`")
     p = add("demo", cmd_demo, "start a 6-node cluster, kill a node, time its detection, stop")
@@ -274,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.fn(args)
         return code
-    except (UsageError, ClientError, ClusterError, keys.KeyError_, ValueError) as exc:
+    except (UsageError, ClientError, ClusterError, keys.ClusterKeyError, ValueError) as exc:
         print(f"idunno: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -136,7 +136,9 @@ def decode_packet(data: bytes) -> Packet:
     updates = w[3]
     if not isinstance(updates, list) or len(updates) > _MAX_UPDATES:
         raise DecodeError("bad update list")
-    return Packet(_str(w[1]), _primary_from_wire(w[2]), tuple(_update_from_wire(u) for u in updates))
+    return Packet(
+        _str(w[1]), _primary_from_wire(w[2]), tuple(_update_from_wire(u) for u in updates)
+    )
 
 
 def encode_states(states: list[MemberState], join: bool = False) -> bytes:
@@ -156,5 +158,7 @@ def decode_states(data: bytes) -> tuple[list[MemberState], bool]:
     for row in w[2]:
         if not isinstance(row, list) or len(row) != 4 or row[3] not in _STATUS_BY_CODE:
             raise DecodeError("bad member row")
-        states.append(MemberState(_str(row[0]), _str(row[1]), _uint(row[2]), _STATUS_BY_CODE[row[3]]))
+        states.append(
+            MemberState(_str(row[0]), _str(row[1]), _uint(row[2]), _STATUS_BY_CODE[row[3]])
+        )
     return states, w[1]

@@ -14,8 +14,8 @@ higher incarnation.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from idunno.membership.broadcast import BroadcastQueue
@@ -169,12 +169,15 @@ class MembershipCore:
         return tuple(m.state() for m in self.members.values())
 
     def next_deadline(self) -> float:
-        times = [self._next_gossip]
+        # The gossip timer only matters while updates are queued: an idle node sleeps longer.
+        times = [self._next_gossip] if len(self._broadcasts) else []
         if self.leaving:
-            return min(times)
+            return min(times, default=self._next_gossip)
         times += [self._next_push_pull, self._next_reconnect, self._next_probe]
         if self._probe is not None:
-            times.append(self._probe.ends_at if self._probe.indirect_sent else self._probe.indirect_at)
+            times.append(
+                self._probe.ends_at if self._probe.indirect_sent else self._probe.indirect_at
+            )
         times += [r.nack_at for r in self._relays.values()]
         times += [s.deadline for s in self._suspicions.values()]
         if self._needs_join():
@@ -220,7 +223,10 @@ class MembershipCore:
 
     def on_push_pull_failed(self, now: float, addr: str, join: bool, reason: str) -> list[Effect]:
         if join:
-            self._out.append(Note("join_failed", {"addr": addr, "reason": reason}))
+            retry_in = round(max(0.0, self._next_join - now), 1)
+            self._out.append(
+                Note("join_failed", {"addr": addr, "reason": reason, "retry_in_s": retry_in})
+            )
         return self._drain()
 
     def leave(self, now: float) -> list[Effect]:
@@ -320,7 +326,9 @@ class MembershipCore:
                 m = self.members.get(name)
                 if m is not None and name != self.name and not m.status.gone:
                     return m
-            self._ring = [n for n, m in self.members.items() if n != self.name and not m.status.gone]
+            self._ring = [
+                n for n, m in self.members.items() if n != self.name and not m.status.gone
+            ]
             self._rng.shuffle(self._ring)
             self._ring_pos = 0
         return None

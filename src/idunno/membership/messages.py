@@ -4,10 +4,10 @@ message plus piggybacked updates. Encoding lives in `idunno.membership.codec`.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     ALIVE = "alive"
     SUSPECT = "suspect"
     FAILED = "failed"

@@ -4,11 +4,13 @@ HTTP. It owns every side effect; the core decides everything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from idunno.membership.codec import (
     DecodeError,
@@ -54,7 +56,7 @@ class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, shell: MembershipShell) -> None:
         self.shell = shell
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.shell._on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -122,10 +124,8 @@ class MembershipShell:
             delay = self.core.next_deadline() - self.now()
             if delay > 0:
                 self._wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), delay)
-                except TimeoutError:
-                    pass
             self._execute(self.core.tick(self.now()))
 
     # --- inputs -------------------------------------------------------------------------

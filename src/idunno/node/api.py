@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from idunno.node.server import Node
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-NODE_KEY = web.AppKey("node", "Node")
+NODE_KEY: web.AppKey[Node] = web.AppKey("node")
 MAX_BODY = 4 << 20
 
 
@@ -29,9 +29,12 @@ def auth_middleware(key: bytes) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            return error(401, "missing bearer token: send `Authorization: Bearer <token>` "
-                              "(the idunno CLI does this from the cluster key)")
-        reason = tokens.check(key, header[len("Bearer "):].strip())
+            return error(
+                401,
+                "missing bearer token: send `Authorization: Bearer <token>` "
+                "(the idunno CLI does this from the cluster key)",
+            )
+        reason = tokens.check(key, header[len("Bearer ") :].strip())
         if reason is not None:
             return error(401, reason)
         return await handler(request)

@@ -48,3 +48,22 @@ class EventLog:
 def _short(v: Any) -> str:
     text = v if isinstance(v, str) else json.dumps(v, default=str, separators=(",", ":"))
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def read_events(
+    data_dir: Path, event: str | None = None, since: float = 0.0
+) -> list[dict[str, Any]]:
+    """Records of a node's JSON log (optionally one event type, at or after `since`)."""
+    out: list[dict[str, Any]] = []
+    try:
+        with open(data_dir / LOG_FILE, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if (event is None or rec.get("event") == event) and rec.get("ts", 0) >= since:
+                    out.append(rec)
+    except FileNotFoundError:
+        pass
+    return out

@@ -10,6 +10,7 @@ exit, even when the test fails. Only processes this object started are ever sign
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from idunno.localcluster import (
     KEY_FILE,
     NodeProc,
     free_ports,
+    is_running,
     spawn_node,
     start_cluster,
     stop_nodes,
@@ -33,19 +35,19 @@ from idunno.transport import keys
 T = TypeVar("T")
 
 
-class WaitTimeout(AssertionError):
+class WaitTimeoutError(AssertionError):
     pass
 
 
 def wait_for(cond: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:
-    """Poll `cond` until it returns a truthy value; raise WaitTimeout naming `what`."""
+    """Poll `cond` until it returns a truthy value; raise WaitTimeoutError naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what}")
+            raise WaitTimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
 
 
@@ -100,10 +102,9 @@ class ProcCluster:
 
     def close(self) -> None:
         for nd in self._started:
-            try:
-                os.kill(nd.pid, signal.SIGCONT)  # a stopped process must not linger
-            except ProcessLookupError:
-                pass
+            if is_running(nd):  # only our own node, never a recycled pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(nd.pid, signal.SIGCONT)  # a stopped process must not linger
         stop_nodes(self._started, leave=False, timeout=5.0)
         for p in self._procs:
             p.wait(timeout=5)
@@ -115,10 +116,8 @@ class ProcCluster:
 
     def kill(self, name: str) -> None:
         self.signal(name, signal.SIGKILL)
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(self.nodes[name].pid, 0)
-        except ChildProcessError:
-            pass
 
     def pause(self, name: str) -> None:
         self.signal(name, signal.SIGSTOP)

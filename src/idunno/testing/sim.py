@@ -194,11 +194,11 @@ class SimCluster:
 
     def _dispatch(self, ev: _Event) -> None:
         if ev.kind == "tick":
-            node, token = ev.data
-            if node is not self.nodes.get(ev.addr) or token != node.wake_token:
-                return
-            if node.up and not node.paused:
-                self._apply(node, node.core.tick(self.now))
+            ticked: SimNode = ev.data[0]
+            if ticked is not self.nodes.get(ev.addr) or ev.data[1] != ticked.wake_token:
+                return  # superseded by a later wake-up, or an old incarnation of the process
+            if ticked.up and not ticked.paused:
+                self._apply(ticked, ticked.core.tick(self.now))
             return
         node = self.nodes.get(ev.addr)
         if node is None or not node.up or node.paused:
@@ -215,7 +215,9 @@ class SimCluster:
             reply, effects = node.core.on_push_pull_request(self.now, list(states), join)
             self._apply(node, effects)
             if self.net.connected(ev.addr, origin):
-                self._schedule(self.now + self.net.delay(), "pp_reply", origin, (ev.addr, join, reply))
+                self._schedule(
+                    self.now + self.net.delay(), "pp_reply", origin, (ev.addr, join, reply)
+                )
         elif ev.kind == "pp_reply":
             peer, join, states = ev.data
             self._apply(node, node.core.on_push_pull_reply(self.now, peer, list(states), join))

@@ -10,7 +10,7 @@ KEY_BYTES = 32
 ENV_VAR = "IDUNNO_CLUSTER_KEY"
 
 
-class KeyError_(ValueError):
+class ClusterKeyError(ValueError):
     """The cluster key is missing or malformed; the message says how to fix it."""
 
 
@@ -27,12 +27,12 @@ def parse(text: str, source: str) -> bytes:
     try:
         key = bytes.fromhex(text)
     except ValueError:
-        raise KeyError_(
+        raise ClusterKeyError(
             f"cluster key in {source} is not hex: expected {2 * KEY_BYTES} hex characters "
             "(make one with `idunno keygen`)"
         ) from None
     if len(key) != KEY_BYTES:
-        raise KeyError_(
+        raise ClusterKeyError(
             f"cluster key in {source} has {len(key)} bytes, expected {KEY_BYTES} "
             "(make one with `idunno keygen`)"
         )
@@ -54,13 +54,13 @@ def load(key_file: str | None, fallback_file: Path | None = None) -> bytes:
         try:
             return parse(path.read_text(), str(path))
         except OSError as exc:
-            raise KeyError_(f"cannot read key file {path}: {exc.strerror}") from None
+            raise ClusterKeyError(f"cannot read key file {path}: {exc.strerror}") from None
     env = os.environ.get(ENV_VAR)
     if env:
         return parse(env, f"${ENV_VAR}")
     if fallback_file is not None and fallback_file.exists():
         return parse(fallback_file.read_text(), str(fallback_file))
-    raise KeyError_(
+    raise ClusterKeyError(
         f"no cluster key: pass --key-file FILE or set {ENV_VAR} "
         "(create one with `idunno keygen --out FILE`)"
     )

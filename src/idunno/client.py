@@ -5,17 +5,29 @@ Every failure surfaces as ClientError with a one-line message naming the cause a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from http.client import HTTPResponse
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode
 
 from idunno.transport import tokens
 
 
 class ClientError(Exception):
-    pass
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _files_path(name: str) -> str:
+    return "/v1/files/" + quote(name, safe="/")
 
 
 class Client:
@@ -24,17 +36,35 @@ class Client:
         self._key = key
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> HTTPResponse:
         req = urllib.request.Request(f"http://{self.at}{path}", data=body, method=method)
-        req.add_header("Authorization", f"Bearer {tokens.mint(self._key, ttl=300)}")
+        req.add_header("Authorization", f"Bearer {tokens.mint(self._key, ttl=3600)}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+            resp: HTTPResponse = urllib.request.urlopen(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:
-            raise ClientError(self._http_error(exc)) from None
+            raise ClientError(self._http_error(exc), exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(self._unreachable(reason)) from None
+        return resp
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
+        try:
+            with self._open(method, path, body) as resp:
+                return json.loads(resp.read() or b"null")
+        except (TimeoutError, OSError) as exc:
+            if isinstance(exc, ClientError):
+                raise
+            raise ClientError(self._unreachable(exc)) from None
 
     def _http_error(self, exc: urllib.error.HTTPError) -> str:
         try:
@@ -68,3 +98,90 @@ class Client:
     def leave(self) -> dict[str, Any]:
         out: dict[str, Any] = self._request("POST", "/v1/leave", b"")
         return out
+
+    # --- store --------------------------------------------------------------------------
+
+    def put(
+        self, local: Path, name: str, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """Upload a local file as the next version of NAME (streamed, never held in memory)."""
+        size = local.stat().st_size
+        with open(local, "rb") as f:
+            body: Any = _Progress(f, progress) if progress else f
+            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            with self._open("PUT", _files_path(name), body, headers, TRANSFER_TIMEOUT) as resp:
+                out: dict[str, Any] = json.loads(resp.read())
+        return out
+
+    def get(
+        self,
+        name: str,
+        local: Path,
+        version: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Download NAME (newest, or `version`) to `local`, checking its sha256 end to end.
+
+        Bytes land in a temporary file beside `local` that replaces it only when complete.
+        """
+        query = f"?version={version}" if version is not None else ""
+        tmp = local.with_name(f".{local.name}.idunno-part")
+        h = hashlib.sha256()
+        with self._open("GET", _files_path(name) + query, timeout=TRANSFER_TIMEOUT) as resp:
+            meta = {
+                "name": name,
+                "version": int(resp.headers["X-Idunno-Version"]),
+                "sha256": resp.headers["X-Idunno-Sha256"],
+                "size": int(resp.headers["Content-Length"]),
+                "created_at": float(resp.headers.get("X-Idunno-Created", "0")),
+            }
+            try:
+                with open(tmp, "wb") as out:
+                    while chunk := resp.read(1 << 20):
+                        out.write(chunk)
+                        h.update(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        if h.hexdigest() != meta["sha256"]:
+            tmp.unlink(missing_ok=True)
+            raise ClientError(f"download of {name!r} arrived damaged (sha256 mismatch): retry")
+        os.replace(tmp, local)
+        return meta
+
+    def delete(self, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._request("DELETE", _files_path(name))
+        return out
+
+    def ls(self, name: str | None = None) -> dict[str, Any]:
+        query = "?" + urlencode({"name": name}) if name is not None else ""
+        out: dict[str, Any] = self._request("GET", "/v1/ls" + query)
+        return out
+
+    def store(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._request("GET", "/v1/store")
+        return out
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self._request(
+            "GET", "/v1/versions?" + urlencode({"name": name})
+        )["versions"]
+        return out
+
+
+TRANSFER_TIMEOUT = 300.0
+
+
+class _Progress:
+    """A read-only file wrapper that reports how many bytes were read."""
+
+    def __init__(self, f: BinaryIO, report: Callable[[int], None]) -> None:
+        self._f = f
+        self._report = report
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._report(len(data))
+        return data

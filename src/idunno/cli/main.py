@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from idunno import __version__
+from idunno.cli import store_cmds
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
 from idunno.localcluster import (
@@ -26,6 +27,7 @@ from idunno.localcluster import (
     stop_cluster,
 )
 from idunno.membership.config import PRESETS, preset
+from idunno.store.names import InvalidName
 from idunno.transport import keys
 
 
@@ -282,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write it to FILE (mode 0600) instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite FILE")
 
+    store_cmds.register(add, _client)
+
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
     p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")
     p.add_argument(
@@ -303,7 +307,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.fn(args)
         return code
-    except (UsageError, ClientError, ClusterError, keys.ClusterKeyError, ValueError) as exc:
+    except (
+        UsageError,
+        ClientError,
+        ClusterError,
+        keys.ClusterKeyError,
+        InvalidName,
+        store_cmds.LocalFileError,
+        ValueError,
+    ) as exc:
         print(f"idunno: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

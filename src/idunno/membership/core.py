@@ -152,6 +152,7 @@ class MembershipCore:
         self._next_reconnect = now + config.reconnect_interval
         self._next_join = now
         self._join_backoff = config.join_retry_min
+        self._joined = False  # a seed answered our join at least once
         self._next_reap = now + config.dead_retention / 10
         self._broadcasts.queue(Alive(name, addr, 0))
 
@@ -217,6 +218,7 @@ class MembershipCore:
     ) -> list[Effect]:
         self._merge(now, states)
         if join:
+            self._joined = True
             self._join_backoff = self.config.join_retry_min
             self._out.append(Note("joined", {"via": addr, "members": self.live_count()}))
         return self._drain()
@@ -246,7 +248,9 @@ class MembershipCore:
     # --- timers -------------------------------------------------------------------------
 
     def _needs_join(self) -> bool:
-        return bool(self.seeds) and self.live_count() <= 1
+        # Until a seed itself has answered, knowing other members is not enough: they may be
+        # newcomers that joined *us* and together we would form an island.
+        return bool(self.seeds) and (not self._joined or self.live_count() <= 1)
 
     def _join_tick(self, now: float) -> None:
         if not self._needs_join():
@@ -460,7 +464,10 @@ class MembershipCore:
 
     def _apply_suspect(self, now: float, s: Suspect) -> None:
         m = self.members.get(s.name)
-        if m is None or s.incarnation < m.incarnation:
+        if m is None:
+            return
+        if s.incarnation < m.incarnation:
+            self._stale_rumour(s)
             return
         if s.name == self.name:
             if not self.leaving:
@@ -485,7 +492,10 @@ class MembershipCore:
 
     def _apply_dead(self, now: float, d: Dead) -> None:
         m = self.members.get(d.name)
-        if m is None or d.incarnation < m.incarnation:
+        if m is None:
+            return
+        if d.incarnation < m.incarnation:
+            self._stale_rumour(d)
             return
         if d.name == self.name:
             if not self.leaving:
@@ -501,6 +511,13 @@ class MembershipCore:
             self._probe = None
         self._set_status(now, m, new)
         self._broadcasts.queue(d)
+
+    def _stale_rumour(self, u: Suspect | Dead) -> None:
+        """Someone still suspects an incarnation of ours that we already refuted: our refutation
+        missed them. Gossip the current Alive again (without a new incarnation), so it rides on
+        the very next packet, typically the Ack to the prober that sent the stale rumour."""
+        if u.name == self.name and not self.leaving:
+            self._broadcasts.queue(Alive(self.name, self.addr, self.incarnation))
 
     def _refute(self, now: float, incarnation: int, why: str) -> None:
         me = self.members[self.name]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from idunno.membership.codec import DecodeError
+from idunno.store.api import store_errors
 from idunno.transport import tokens
 
 if TYPE_CHECKING:
@@ -108,7 +109,8 @@ async def post_push_pull(request: web.Request) -> web.Response:
 
 def build_app(node: Node, key: bytes) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(key)], client_max_size=MAX_BODY
+        middlewares=[errors_middleware, auth_middleware(key), store_errors],
+        client_max_size=MAX_BODY,
     )
     app[NODE_KEY] = node
     app.router.add_get("/v1/members", get_members)

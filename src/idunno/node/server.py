@@ -17,9 +17,14 @@ from aiohttp import web
 
 from idunno.membership.config import MembershipConfig
 from idunno.membership.core import MembershipCore
+from idunno.membership.messages import Status
 from idunno.membership.shell import Faults, MembershipShell
 from idunno.node.api import build_app
 from idunno.node.logs import EventLog
+from idunno.store import api as store_api
+from idunno.store.disk import DiskStore
+from idunno.store.peers import Peers
+from idunno.store.service import StoreConfig, StoreService
 from idunno.transport import tokens
 
 PUSH_PULL_TIMEOUT = 3.0
@@ -41,6 +46,7 @@ class NodeOptions:
     preset: str
     config: MembershipConfig
     faults: Faults = field(default_factory=Faults)
+    store: StoreConfig = field(default_factory=StoreConfig)
     stderr_level: str = "info"
 
 
@@ -57,6 +63,7 @@ class Node:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.membership: MembershipShell  # set in start()
+        self.store: StoreService  # set in start()
 
     def request_stop(self, leave: bool = True) -> None:
         self._leave_on_stop = leave
@@ -81,6 +88,14 @@ class Node:
         except aiohttp.ClientError as exc:
             raise OSError(f"{type(exc).__name__}: {exc}") from None
 
+    def live_view(self) -> dict[str, str]:
+        """name -> address of members not failed or departed (suspects still count)."""
+        return {
+            m.name: m.addr
+            for m in self.membership.core.members.values()
+            if m.status in (Status.ALIVE, Status.SUSPECT)
+        }
+
     async def start(self) -> None:
         opts = self.opts
         loop = asyncio.get_running_loop()
@@ -89,7 +104,13 @@ class Node:
         )
         self.membership = MembershipShell(core, opts.key, self._push_pull, self.log, opts.faults)
         self._session = aiohttp.ClientSession()
+        disk = await asyncio.to_thread(DiskStore, opts.data_dir / "store", opts.store.keep_versions)
+        self.store = StoreService(
+            opts.name, disk, self.live_view, Peers(self._session, opts.key), opts.store, self.log
+        )
+        self.membership.listeners.append(lambda _change: self.store.kick())
         app = build_app(self, opts.key)
+        store_api.add_routes(app, self.store)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:
@@ -99,6 +120,7 @@ class Node:
         except OSError as exc:
             await self._close()
             raise StartupError(_bind_error(opts.host, opts.port, exc)) from None
+        self.store.start()
         self.log(
             "node_started",
             address=opts.advertise,
@@ -123,6 +145,7 @@ class Node:
         if self._leave_on_stop:
             self.log("node_leaving")
             await self.membership.leave()
+        await self.store.stop()
         await self.membership.stop()
         await self._close()
         self.log("node_stopped")

@@ -1,0 +1,1 @@
+"""SDFS: the replicated, versioned file store."""

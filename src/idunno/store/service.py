@@ -1,0 +1,481 @@
+"""The store's distributed logic on one node: gateway, version authority, replica, repairer.
+
+Put: the node that takes the request (the gateway) streams the bytes to every member of the
+file's replica set at once (each stages them in tmp/ and fsyncs), asks the file's authority for
+the next version number, then commits that version on every replica. The client gets its ack
+only when all of them have it durably: an acknowledged put survives any R-1 failures.
+
+Versions: the authority (highest-ranked live member for the name) serializes numbering per name
+and numbers above anything any live member has seen, so concurrent puts get distinct versions.
+
+Get: the gateway asks the live members what they hold, picks the newest version, and streams it
+from a holder that first verifies the checksum (a corrupt copy answers 409, is discarded and
+re-fetched from a healthy peer; the read moves on to the next holder).
+
+Repair: see plan.py; rounds run on every membership change and every `sync_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from idunno.store import plan
+from idunno.store.disk import (
+    CHUNK,
+    Corrupt,
+    DiskStore,
+    FileMeta,
+    Staged,
+    StoreError,
+    Tombstone,
+    Version,
+)
+from idunno.store.names import validate
+from idunno.store.peers import PeerError, Peers
+from idunno.store.placement import rank, replica_set
+from idunno.store.throttle import Throttle
+
+LogFn = Callable[..., None]
+STAGE_QUEUE = 4  # chunks in flight per replica during a put: bounds memory to ~4 MB each
+
+
+class Unavailable(StoreError):
+    """Not enough live nodes, or a replica failed mid-operation; retrying may succeed."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    replicas: int = 4
+    keep_versions: int = 5
+    sync_interval: float = 10.0
+    transfer_rate: float = 200e6  # bytes/s for re-replication, so repairs cannot starve jobs
+
+
+def holding(meta: FileMeta) -> plan.Holding:
+    return plan.Holding(
+        tuple(v.version for v in meta.versions), meta.tombstone.version if meta.tombstone else 0
+    )
+
+
+class StoreService:
+    def __init__(
+        self,
+        me: str,
+        disk: DiskStore,
+        view: Callable[[], dict[str, str]],
+        peers: Peers,
+        config: StoreConfig,
+        log: LogFn,
+    ) -> None:
+        self.me = me
+        self.disk = disk
+        self._view = view
+        self.peers = peers
+        self.config = config
+        self.log = log
+        self.throttle = Throttle(config.transfer_rate)
+        self._staged: dict[str, tuple[Staged, float]] = {}
+        self._assigned: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_round: dict[str, Any] = {}
+
+    # --- membership ---------------------------------------------------------------------
+
+    def live(self) -> dict[str, str]:
+        """name -> address of every member not failed or departed (self included)."""
+        return self._view()
+
+    def kick(self) -> None:
+        """Run a repair round soon (membership changed, or a copy was found corrupt)."""
+        self._kick.set()
+
+    def _need(self, count: int, what: str) -> None:
+        if count < self.config.replicas:
+            raise Unavailable(
+                f"only {count} live nodes, {what} needs {self.config.replicas} "
+                "(the replication factor): start more nodes or wait for failed ones to return"
+            )
+
+    # --- gateway: put -------------------------------------------------------------------
+
+    async def put(self, name: str, source: AsyncIterator[bytes]) -> dict[str, Any]:
+        validate(name)
+        live = self.live()
+        self._need(len(live), "a put")
+        targets = replica_set(name, live, self.config.replicas)
+        upload = uuid.uuid4().hex
+        results = await self._stage_everywhere(upload, targets, live, source)
+        sizes = {(r["size"], r["sha256"]) for r in results.values()}
+        if len(sizes) != 1:
+            raise Unavailable(f"replicas of {name!r} received different bytes: retry the put")
+        size, sha = sizes.pop()
+        version = await self._assign_remote(name, live)
+        v = Version(version, size, sha, time.time())
+        await self._commit_everywhere(name, upload, v, targets, live)
+        self.log("file_put", file=name, version=version, size=size, replicas=targets)
+        return {"name": name, **asdict(v), "replicas": targets}
+
+    async def _stage_everywhere(
+        self, upload: str, targets: list[str], live: dict[str, str], source: AsyncIterator[bytes]
+    ) -> dict[str, dict[str, Any]]:
+        queues = [asyncio.Queue[bytes | None](STAGE_QUEUE) for _ in targets]
+
+        async def feed() -> None:
+            async for chunk in source:
+                for q in queues:
+                    await q.put(chunk)
+            for q in queues:
+                await q.put(None)
+
+        async def drain(q: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+            while (chunk := await q.get()) is not None:
+                yield chunk
+
+        async def one(target: str, q: asyncio.Queue[bytes | None]) -> dict[str, Any]:
+            if target == self.me:
+                return await self.stage(upload, drain(q))
+            return await self.peers.stage(live[target], upload, drain(q))
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(feed())
+                tasks = {t: tg.create_task(one(t, q)) for t, q in zip(targets, queues, strict=True)}
+        except* PeerError as eg:
+            raise Unavailable(f"put failed: {eg.exceptions[0]}; retry the put") from None
+        return {t: task.result() for t, task in tasks.items()}
+
+    async def _assign_remote(self, name: str, live: dict[str, str]) -> int:
+        authority = rank(name, live)[0]
+        if authority == self.me:
+            return await self.assign(name)
+        try:
+            out = await self.peers.call(live[authority], "assign", {"name": name})
+        except PeerError as exc:
+            raise Unavailable(f"no version number for {name!r}: {exc}; retry") from None
+        return int(out["version"])
+
+    async def _commit_everywhere(
+        self, name: str, upload: str, v: Version, targets: list[str], live: dict[str, str]
+    ) -> None:
+        body = {"name": name, "upload": upload, **asdict(v)}
+
+        async def one(target: str) -> None:
+            if target == self.me:
+                await self.commit(name, upload, v)
+            else:
+                await self.peers.call(live[target], "commit", body)
+
+        results = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+        failed = [(t, r) for t, r in zip(targets, results, strict=True) if isinstance(r, Exception)]
+        if failed:
+            who, err = failed[0]
+            raise Unavailable(
+                f"put of {name!r} v{v.version} not acknowledged: {who} failed to commit ({err}); "
+                "retry the put"
+            )
+
+    # --- gateway: delete ----------------------------------------------------------------
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        validate(name)
+        live = self.live()
+        self._need(len(live), "a delete")
+        found = await self.locate(name)
+        if not any(m.versions for m in found.values()):
+            raise NotFound(f"no file named {name!r} in the cluster (see `idunno ls`)")
+        version = await self._assign_remote(name, live)
+        tomb = Tombstone(version, time.time())
+        body = {"name": name, **asdict(tomb)}
+        targets = set(replica_set(name, live, self.config.replicas))
+
+        async def one(member: str) -> None:
+            if member == self.me:
+                await self.apply_tombstone(name, tomb)
+            else:
+                await self.peers.call(live[member], "delete", body)
+
+        # Every live node records the tombstone, so no stale copy anywhere can come back.
+        members = sorted(live)
+        results = await asyncio.gather(*(one(m) for m in members), return_exceptions=True)
+        failed = [m for m, r in zip(members, results, strict=True) if isinstance(r, Exception)]
+        if targets & set(failed):
+            raise Unavailable(f"delete of {name!r} reached only some replicas: retry the delete")
+        self.log("file_deleted", file=name, version=version)
+        return {"name": name, "deleted_version": version}
+
+    # --- gateway: reads and listings ----------------------------------------------------
+
+    async def locate(self, name: str) -> dict[str, FileMeta]:
+        """What every live member holds of `name` (members that do not answer are skipped)."""
+        live = self.live()
+
+        async def one(member: str) -> FileMeta | None:
+            if member == self.me:
+                return self.disk.meta.get(name)
+            try:
+                out = await self.peers.call(live[member], "meta", {"name": name})
+            except PeerError:
+                return None
+            return FileMeta.from_json(out) if out else None
+
+        members = rank(name, live)
+        metas = await asyncio.gather(*(one(m) for m in members))
+        return {m: meta for m, meta in zip(members, metas, strict=True) if meta is not None}
+
+    async def choose(self, name: str, version: int | None) -> tuple[Version, list[str]]:
+        """The version to read and its holders, best first (self first when it holds it)."""
+        validate(name)
+        found = await self.locate(name)
+        tomb = max((m.tombstone.version for m in found.values() if m.tombstone), default=0)
+        versions: dict[int, Version] = {}
+        holders: dict[int, list[str]] = {}
+        for member, meta in found.items():
+            for v in meta.versions:
+                if v.version > tomb:
+                    versions[v.version] = v
+                    holders.setdefault(v.version, []).append(member)
+        if not versions:
+            if tomb:
+                raise NotFound(f"{name!r} was deleted (tombstone v{tomb})")
+            raise NotFound(f"no file named {name!r} in the cluster (see `idunno ls`)")
+        if version is None:
+            version = max(versions)
+        elif version not in versions:
+            have = ", ".join(str(v) for v in sorted(versions, reverse=True))
+            raise NotFound(f"{name!r} has no version {version} (available: {have})")
+        who = holders[version]
+        who.sort(key=lambda m: m != self.me)
+        return versions[version], who
+
+    async def local_chunks(self, name: str, v: Version) -> AsyncIterator[bytes]:
+        path = self.disk.blob(name, v.version)
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    async def verify_local(self, name: str, v: Version) -> bool:
+        """Check our copy; a corrupt one is discarded and re-fetched from peers."""
+        try:
+            await asyncio.to_thread(self.disk.verify, name, v)
+        except Corrupt as exc:
+            self.log("corrupt_copy", level="warning", file=name, version=v.version, detail=str(exc))
+            await asyncio.to_thread(self.disk.discard_version, name, v.version)
+            await self._ask_peers_to_resync(name)
+            return False
+        return True
+
+    async def _ask_peers_to_resync(self, name: str) -> None:
+        live = self.live()
+        for member in replica_set(name, live, self.config.replicas):
+            if member != self.me:
+                with contextlib.suppress(PeerError):
+                    await self.peers.call(live[member], "resync", {})
+
+    async def inventory_everywhere(self) -> dict[str, dict[str, Any]]:
+        """member -> its inventory, for `ls` (members that do not answer are skipped)."""
+        live = self.live()
+
+        async def one(member: str) -> dict[str, Any] | None:
+            if member == self.me:
+                return self.inventory()
+            try:
+                out: dict[str, Any] = await self.peers.call(live[member], "inventory", {})
+            except PeerError:
+                return None
+            return out
+
+        members = sorted(live)
+        got = await asyncio.gather(*(one(m) for m in members))
+        return {m: inv for m, inv in zip(members, got, strict=True) if inv is not None}
+
+    def inventory(self) -> dict[str, Any]:
+        return {name: meta.to_json() for name, meta in self.disk.meta.items()}
+
+    # --- authority ----------------------------------------------------------------------
+
+    async def assign(self, name: str) -> int:
+        validate(name)
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            live = self.live()
+
+            async def top(member: str) -> int:
+                if member == self.me:
+                    meta = self.disk.meta.get(name)
+                    return meta.top if meta else 0
+                try:
+                    out = await self.peers.call(live[member], "top", {"name": name})
+                except PeerError:
+                    return 0
+                return int(out["top"])
+
+            tops = await asyncio.gather(*(top(m) for m in live))
+            version = max([*tops, self._assigned.get(name, 0)]) + 1
+            self._assigned[name] = version
+            return version
+
+    # --- replica ------------------------------------------------------------------------
+
+    async def stage(self, upload: str, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        writer = self.disk.stage()
+        try:
+            async for chunk in chunks:
+                writer.write(chunk)
+            staged = await asyncio.to_thread(writer.finish)
+        except BaseException:
+            writer.abort()
+            raise
+        self._staged[upload] = (staged, time.monotonic())
+        self._forget_old_stages()
+        return {"size": staged.size, "sha256": staged.sha256}
+
+    def _forget_old_stages(self, max_age: float = 600.0) -> None:
+        horizon = time.monotonic() - max_age
+        for upload, (staged, at) in list(self._staged.items()):
+            if at < horizon:
+                del self._staged[upload]
+                self.disk.cleanup_tmp(staged.path)
+
+    async def commit(self, name: str, upload: str, v: Version) -> None:
+        validate(name)
+        entry = self._staged.pop(upload, None)
+        if entry is None:
+            raise NotFound(f"upload {upload[:8]} of {name!r} is not staged here: retry the put")
+        await asyncio.to_thread(self.disk.commit, name, v, entry[0])
+
+    async def apply_tombstone(self, name: str, tomb: Tombstone) -> None:
+        validate(name)
+        await asyncio.to_thread(self.disk.delete, name, tomb)
+
+    async def receive_replica(self, name: str, v: Version, chunks: AsyncIterator[bytes]) -> None:
+        validate(name)
+        writer = self.disk.stage()
+        try:
+            async for chunk in chunks:
+                writer.write(chunk)
+            staged = await asyncio.to_thread(writer.finish)
+        except BaseException:
+            writer.abort()
+            raise
+        await asyncio.to_thread(self.disk.commit, name, v, staged)
+
+    def answer_sync(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Reply to a peer's offer: what we lack; apply tombstones it knows and we do not."""
+        out: dict[str, Any] = {}
+        for name, offered_json in files.items():
+            validate(name)
+            offered = plan.Holding(
+                tuple(int(v) for v in offered_json["versions"]), int(offered_json["tombstone"])
+            )
+            meta = self.disk.meta.get(name)
+            mine = holding(meta) if meta else None
+            if offered.tombstone > (mine.tombstone if mine else 0):
+                tomb = Tombstone(offered.tombstone, float(offered_json.get("deleted_at", 0.0)))
+                self.disk.delete(name, tomb)
+                mine = holding(self.disk.meta[name])
+            ans = plan.answer(mine, offered, self.config.keep_versions)
+            out[name] = {"needs": list(ans.needs), "tombstone": ans.tombstone}
+        return out
+
+    # --- repair loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.config.sync_interval)
+            self._kick.clear()
+            try:
+                await self.repair_round()
+            except Exception as exc:  # a round must never kill the loop; log and go on
+                self.log("repair_failed", level="warning", detail=f"{type(exc).__name__}: {exc}")
+
+    async def repair_round(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        live = self.live()
+        holdings = {name: holding(meta) for name, meta in self.disk.meta.items()}
+        offers = plan.offers(self.me, holdings, live, self.config.replicas)
+        incomplete: set[str] = set()
+        pushed = 0
+        for offer in offers:
+            files = {
+                name: {
+                    "versions": list(h.versions),
+                    "tombstone": h.tombstone,
+                    "deleted_at": t.deleted_at if (t := self.disk.meta[name].tombstone) else 0.0,
+                }
+                for name, h in offer.files.items()
+                if name in self.disk.meta
+            }
+            try:
+                answers = await self.peers.call(live[offer.peer], "sync", {"files": files})
+            except PeerError:
+                incomplete.update(offer.files)
+                continue
+            for name, ans in answers.items():
+                if name not in self.disk.meta:
+                    continue
+                if ans["tombstone"]:
+                    tomb = Tombstone(int(ans["tombstone"]), time.time())
+                    await asyncio.to_thread(self.disk.delete, name, tomb)
+                for number in ans["needs"]:
+                    if not await self._push(offer.peer, live[offer.peer], name, int(number)):
+                        incomplete.add(name)
+                    else:
+                        pushed += 1
+        dropped = []
+        for name in list(self.disk.meta):
+            if name not in incomplete and plan.should_drop(
+                self.me, name, live, self.config.replicas
+            ):
+                await asyncio.to_thread(self.disk.drop, name)
+                dropped.append(name)
+        self.last_round = {
+            "took_s": round(time.monotonic() - t0, 3),
+            "pushed": pushed,
+            "dropped": len(dropped),
+            "incomplete": len(incomplete),
+            "at": time.time(),
+        }
+        if pushed or dropped:
+            self.log("repair_round", **self.last_round)
+        return self.last_round
+
+    async def _push(self, peer: str, addr: str, name: str, number: int) -> bool:
+        meta = self.disk.meta.get(name)
+        v = meta.get(number) if meta else None
+        if v is None or not await self.verify_local(name, v):
+            return False
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in self.local_chunks(name, v):
+                await self.throttle.consume(len(chunk))
+                yield chunk
+
+        try:
+            await self.peers.push_version(addr, name, v, chunks())
+        except PeerError as exc:
+            self.log("replica_push_failed", level="warning", file=name, peer=peer, detail=str(exc))
+            return False
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="store-repair")
+        self.kick()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -11,7 +11,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -107,7 +107,8 @@ class Client:
         """Upload a local file as the next version of NAME (streamed, never held in memory)."""
         size = local.stat().st_size
         with open(local, "rb") as f:
-            body: Any = _Progress(f, progress) if progress else f
+            # An iterator of 1 MiB chunks: http.client would send a file object 8 KiB at a time.
+            body = _chunks(f, progress)
             headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
             with self._open("PUT", _files_path(name), body, headers, TRANSFER_TIMEOUT) as resp:
                 out: dict[str, Any] = json.loads(resp.read())
@@ -172,16 +173,11 @@ class Client:
 
 
 TRANSFER_TIMEOUT = 300.0
+UPLOAD_CHUNK = 1 << 20
 
 
-class _Progress:
-    """A read-only file wrapper that reports how many bytes were read."""
-
-    def __init__(self, f: BinaryIO, report: Callable[[int], None]) -> None:
-        self._f = f
-        self._report = report
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self._report(len(data))
-        return data
+def _chunks(f: BinaryIO, report: Callable[[int], None] | None) -> Iterator[bytes]:
+    while chunk := f.read(UPLOAD_CHUNK):
+        if report:
+            report(len(chunk))
+        yield chunk

@@ -181,8 +181,12 @@ def start_cluster(
     preset: str = "lan",
     timeout: float = 30.0,
     extra: Sequence[str] = (),
+    handles: list[subprocess.Popen[bytes]] | None = None,
 ) -> list[NodeProc]:
-    """Start n nodes and return once all of them see each other alive."""
+    """Start n nodes and return once all of them see each other alive.
+
+    `handles`, if given, receives each node's Popen so a long-lived caller can reap them.
+    """
     if n < 1:
         raise ClusterError(f"--nodes must be at least 1, got {n}")
     directory = directory.resolve()
@@ -213,6 +217,8 @@ def start_cluster(
         seeds = addresses[max(0, i - 3) : i]
         proc = spawn_node(name, addr, seeds, data_dir, key_file, preset, extra)
         procs.append(proc)
+        if handles is not None:
+            handles.append(proc)
         nodes.append(NodeProc(name, addr, proc.pid, str(data_dir)))
     write_cluster(directory, nodes, preset)
     try:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from idunno import __version__
 from idunno.cli import store_cmds
@@ -236,12 +236,21 @@ def _add_common(p: argparse.ArgumentParser, listing: bool = False) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line that names the fix, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"idunno: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="idunno", description="IDUNNO: a fair, fault-tolerant distributed inference cluster."
     )
     parser.add_argument("--version", action="version", version=f"idunno {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
     def add(
         name: str,

@@ -16,7 +16,9 @@ from idunno.client import Client, ClientError
 from idunno.store.names import InvalidName, validate
 
 ClientFactory = Callable[[argparse.Namespace], Client]
-RETRIES = 2  # a put or get that hit a node failing mid-transfer is retried this many times
+# A put or get that met a node failing mid-transfer is retried, backing off 0.5, 1, 2 s: long
+# enough for the failure detector to take the dead node out of the replica set.
+RETRIES = 3
 
 
 class LocalFileError(Exception):
@@ -40,7 +42,7 @@ def _retrying(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             # 503: a replica failed mid-operation or too few nodes are live; others are final.
             if exc.status != 503 or attempt == RETRIES:
                 raise
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
 
 

@@ -29,6 +29,7 @@ from idunno.membership.messages import (
 CODEC_VERSION = 1
 _MAX_NAME = 256
 _MAX_UPDATES = 512
+MAX_INCARNATION = 2**32
 
 _PING, _ACK, _PING_REQ, _NACK, _ALIVE, _SUSPECT, _DEAD = range(1, 8)
 _STATUS_CODES = {Status.ALIVE: 0, Status.SUSPECT: 1, Status.FAILED: 2, Status.LEFT: 3}
@@ -84,6 +85,23 @@ def _str(v: Any) -> str:
     return v
 
 
+def _addr(v: Any) -> str:
+    """HOST:PORT with a port in 1..65535 (a bad one must never reach the socket layer)."""
+    text = _str(v)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DecodeError("bad address field")
+    return text
+
+
+def _inc(v: Any) -> int:
+    """Incarnations stay far below the wire limit, so a refutation (+1) always encodes."""
+    n = _uint(v)
+    if n >= MAX_INCARNATION:
+        raise DecodeError("incarnation out of range")
+    return n
+
+
 def _uint(v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
         raise DecodeError("bad integer field")
@@ -101,7 +119,7 @@ def _primary_from_wire(w: Any) -> Primary | None:
     if tag == _ACK and len(w) == 2:
         return Ack(_uint(w[1]))
     if tag == _PING_REQ and len(w) == 4:
-        return PingReq(_uint(w[1]), _str(w[2]), _str(w[3]))
+        return PingReq(_uint(w[1]), _str(w[2]), _addr(w[3]))
     if tag == _NACK and len(w) == 2:
         return Nack(_uint(w[1]))
     raise DecodeError(f"unknown primary message type {tag!r}")
@@ -112,11 +130,11 @@ def _update_from_wire(w: Any) -> Update:
         raise DecodeError("bad update")
     tag = w[0]
     if tag == _ALIVE:
-        return Alive(_str(w[1]), _str(w[2]), _uint(w[3]))
+        return Alive(_str(w[1]), _addr(w[2]), _inc(w[3]))
     if tag == _SUSPECT:
-        return Suspect(_str(w[1]), _uint(w[2]), _str(w[3]))
+        return Suspect(_str(w[1]), _inc(w[2]), _str(w[3]))
     if tag == _DEAD:
-        return Dead(_str(w[1]), _uint(w[2]), _str(w[3]))
+        return Dead(_str(w[1]), _inc(w[2]), _str(w[3]))
     raise DecodeError(f"unknown update type {tag!r}")
 
 
@@ -156,9 +174,12 @@ def decode_states(data: bytes) -> tuple[list[MemberState], bool]:
         raise DecodeError("bad push-pull body")
     states = []
     for row in w[2]:
-        if not isinstance(row, list) or len(row) != 4 or row[3] not in _STATUS_BY_CODE:
+        if not isinstance(row, list) or len(row) != 4:
             raise DecodeError("bad member row")
+        status = row[3]
+        if not isinstance(status, int) or isinstance(status, bool) or status not in _STATUS_BY_CODE:
+            raise DecodeError("bad member status")
         states.append(
-            MemberState(_str(row[0]), _str(row[1]), _uint(row[2]), _STATUS_BY_CODE[row[3]])
+            MemberState(_str(row[0]), _addr(row[1]), _inc(row[2]), _STATUS_BY_CODE[status])
         )
     return states, w[1]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from idunno.membership.broadcast import BroadcastQueue
-from idunno.membership.codec import encode_packet
+from idunno.membership.codec import MAX_INCARNATION, encode_packet
 from idunno.membership.config import MembershipConfig
 from idunno.membership.formulas import (
     expected_confirmations,
@@ -146,6 +146,7 @@ class MembershipCore:
         self._relays: dict[int, _Relay] = {}
         self._out: list[Effect] = []
         self.leaving = False
+        self._stale_seen = False  # set while handling a packet with a stale rumour about us
         self._next_probe = now
         self._next_gossip = now
         self._next_push_pull = now + config.push_pull_interval
@@ -199,10 +200,15 @@ class MembershipCore:
         return self._drain()
 
     def handle_packet(self, now: float, src_addr: str, packet: Packet) -> list[Effect]:
+        self._stale_seen = False
         for update in packet.updates:
             self._apply(now, update)
         if packet.primary is not None:
             self._handle_primary(now, src_addr, packet.sender, packet.primary)
+        pinged = isinstance(packet.primary, Ping) and packet.primary.target == self.name
+        if self._stale_seen and not pinged and not self.leaving:
+            # The sender missed our refutation: answer it directly (a Ack already carries it).
+            self._send(src_addr, None, first=Alive(self.name, self.addr, self.incarnation))
         return self._drain()
 
     def on_push_pull_request(
@@ -517,11 +523,12 @@ class MembershipCore:
         missed them. Gossip the current Alive again (without a new incarnation), so it rides on
         the very next packet, typically the Ack to the prober that sent the stale rumour."""
         if u.name == self.name and not self.leaving:
+            self._stale_seen = True
             self._broadcasts.queue(Alive(self.name, self.addr, self.incarnation))
 
     def _refute(self, now: float, incarnation: int, why: str) -> None:
         me = self.members[self.name]
-        me.incarnation = max(me.incarnation, incarnation) + 1
+        me.incarnation = min(max(me.incarnation, incarnation) + 1, MAX_INCARNATION - 1)
         self._broadcasts.queue(Alive(self.name, self.addr, me.incarnation))
         self._out.append(Note("refuted", {"incarnation": me.incarnation, "why": why}))
 

@@ -87,6 +87,7 @@ class MembershipShell:
         self._runner: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._last_drop_log: dict[str, float] = {}
+        self._last_drop_any = -1e9
 
     # --- clock: the core sees the loop's monotonic time; people see wall-clock time ---------
 
@@ -148,12 +149,16 @@ class MembershipShell:
         self._wakeup.set()
 
     def _log_drop(self, addr: tuple[str, int], detail: str = "") -> None:
-        # At most one line per 10 s per source: a flood must not flood the log.
+        # At most one line per 10 s per source host and one per second overall: a flood, even
+        # from ever-changing ports, must not flood the log or grow this table without bound.
         src = f"{addr[0]}:{addr[1]}"
         now = time.monotonic()
-        if now - self._last_drop_log.get(src, -1e9) < 10:
+        if now - self._last_drop_log.get(addr[0], -1e9) < 10 or now - self._last_drop_any < 1:
             return
-        self._last_drop_log[src] = now
+        if len(self._last_drop_log) > 1024:
+            self._last_drop_log.clear()
+        self._last_drop_log[addr[0]] = now
+        self._last_drop_any = now
         self._log(
             "packet_dropped",
             level="warning",
@@ -222,8 +227,13 @@ class MembershipShell:
             self._sendto(frame, target)
 
     def _sendto(self, frame: bytes, target: tuple[str, int]) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is None or self._transport.is_closing():
+            return
+        try:
             self._transport.sendto(frame, target)
+        except (OSError, OverflowError, ValueError, TypeError):
+            # An unusable address from a peer must cost one datagram, never the socket.
+            self.stats["bad_address"] += 1
 
     async def _do_push_pull(self, addr: str, join: bool, states: tuple[MemberState, ...]) -> None:
         body = encode_states(list(states), join)

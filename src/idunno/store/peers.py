@@ -12,7 +12,8 @@ import aiohttp
 from idunno.store.disk import Version
 from idunno.transport import tokens
 
-SMALL_TIMEOUT = aiohttp.ClientTimeout(total=5)
+# Small calls answer in milliseconds; a silent (SIGSTOPped) peer must not stall a read long.
+SMALL_TIMEOUT = aiohttp.ClientTimeout(total=2)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=30)
 
 

@@ -82,6 +82,7 @@ class ProcCluster:
                 preset=self.preset,
                 timeout=self.start_timeout,
                 extra=self.extra,
+                handles=self._procs,
             )
         except BaseException:
             self.close()

@@ -43,6 +43,7 @@ def write_key_file(path: Path, key: bytes) -> None:
     """Write the key readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
     with os.fdopen(fd, "w") as f:
         f.write(to_text(key) + "\n")
 

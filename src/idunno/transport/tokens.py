@@ -24,10 +24,17 @@ def mint(key: bytes, ttl: float = 600.0, now: float | None = None) -> str:
 def check(key: bytes, token: str, now: float | None = None) -> str | None:
     """None if the token is valid, else a one-line reason."""
     parts = token.split(".")
-    if len(parts) != 3 or parts[0] != PREFIX or not parts[1].isdigit():
+    if (
+        len(parts) != 3
+        or parts[0] != PREFIX
+        or not parts[1].isascii()
+        or not parts[1].isdigit()
+        or len(parts[1]) > 12
+    ):
         return "malformed token: expected idn1.<expiry>.<mac> (the CLI makes one from the key)"
     expiry = int(parts[1])
-    if not hmac.compare_digest(parts[2], _mac(key, expiry)):
+    given = parts[2].encode("utf-8", "replace")
+    if not hmac.compare_digest(given, _mac(key, expiry).encode()):
         return "token does not match this cluster's key: use the same key file as the nodes"
     if expiry < (time.time() if now is None else now):
         return "token expired: mint a fresh one (`idunno dashboard` prints a new link)"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from idunno.membership.broadcast import BroadcastQueue
-from idunno.membership.codec import MAX_INCARNATION, encode_packet
+from idunno.membership.codec import MAX_INCARNATION, encode_packet, encode_update
 from idunno.membership.config import MembershipConfig
 from idunno.membership.formulas import (
     expected_confirmations,
@@ -146,11 +146,13 @@ class MembershipCore:
         self._relays: dict[int, _Relay] = {}
         self._out: list[Effect] = []
         self.leaving = False
-        self._stale_seen = False  # set while handling a packet with a stale rumour about us
+        self._corrections: list[Update] = []  # refutations the current packet's sender missed
         self._next_probe = now
         self._next_gossip = now
-        self._next_push_pull = now + config.push_pull_interval
-        self._next_reconnect = now + config.reconnect_interval
+        # Random phases, so the nodes of a cluster started together do not sync in lockstep.
+        self._next_push_pull = now + config.push_pull_interval * rng.uniform(0.5, 1.0)
+        self._next_reconnect = now + config.reconnect_interval * rng.uniform(0.5, 1.0)
+        self._introduced: dict[str, float] = {}  # unknown pingers we synced with, and when
         self._next_join = now
         self._join_backoff = config.join_retry_min
         self._joined = False  # a seed answered our join at least once
@@ -200,15 +202,12 @@ class MembershipCore:
         return self._drain()
 
     def handle_packet(self, now: float, src_addr: str, packet: Packet) -> list[Effect]:
-        self._stale_seen = False
+        self._corrections = []
         for update in packet.updates:
             self._apply(now, update)
         if packet.primary is not None:
             self._handle_primary(now, src_addr, packet.sender, packet.primary)
-        pinged = isinstance(packet.primary, Ping) and packet.primary.target == self.name
-        if self._stale_seen and not pinged and not self.leaving:
-            # The sender missed our refutation: answer it directly (a Ack already carries it).
-            self._send(src_addr, None, first=Alive(self.name, self.addr, self.incarnation))
+        self._send_corrections(src_addr, packet)
         return self._drain()
 
     def on_push_pull_request(
@@ -400,6 +399,8 @@ class MembershipCore:
                 if target != self.name:
                     return  # an old address of someone else's: stay silent
                 self._send(src, Ack(seq), first=self._rumour_about(sender))
+                if sender not in self.members:
+                    self._introduce(now, sender, src)
             case Ack(seq):
                 probe = self._probe
                 if probe is not None and probe.seq == seq:
@@ -419,8 +420,20 @@ class MembershipCore:
                 if probe is not None and probe.seq == seq:
                     probe.nacks += 1
 
+    def _introduce(self, now: float, sender: str, src: str) -> None:
+        """A member we have never heard of pings us: its Alive gossip missed us. Sync state with
+        it now rather than at the next periodic push-pull (at most once a reconnect interval)."""
+        if now - self._introduced.get(sender, -1e18) < self.config.reconnect_interval:
+            return
+        if len(self._introduced) > 1024:
+            self._introduced.clear()
+        self._introduced[sender] = now
+        self._out.append(PushPull(src, False, self.local_states()))
+
     def _rumour_about(self, sender: str) -> Update | None:
-        """If we believe the pinging node is suspect or failed, tell it so it can refute."""
+        """If we believe the pinging node is suspect, failed or departed, tell it so it can
+        refute (a process restarted under a departed name learns it must, instead of waiting
+        for the next push-pull: nobody gossips to a member they think has left)."""
         m = self.members.get(sender)
         if m is None or sender == self.name:
             return None
@@ -428,6 +441,8 @@ class MembershipCore:
             return Suspect(m.name, m.incarnation, self.name)
         if m.status == Status.FAILED:
             return Dead(m.name, m.incarnation, self.name)
+        if m.status == Status.LEFT:
+            return Dead(m.name, m.incarnation, m.name)
         return None
 
     # --- applying updates ---------------------------------------------------------------
@@ -519,12 +534,37 @@ class MembershipCore:
         self._broadcasts.queue(d)
 
     def _stale_rumour(self, u: Suspect | Dead) -> None:
-        """Someone still suspects an incarnation of ours that we already refuted: our refutation
-        missed them. Gossip the current Alive again (without a new incarnation), so it rides on
-        the very next packet, typically the Ack to the prober that sent the stale rumour."""
-        if u.name == self.name and not self.leaving:
-            self._stale_seen = True
-            self._broadcasts.queue(Alive(self.name, self.addr, self.incarnation))
+        """`u` accuses an incarnation older than the one we know: if that is us, or a member we
+        know to be alive, the refutation missed the sender. Gossip alone reaches everyone only
+        with high probability, and a sender that keeps the stale suspicion until it times out
+        declares a live member failed; so answer the sender directly (_send_corrections) and,
+        for ourselves, gossip the current Alive again (no new incarnation)."""
+        if u.name == self.name:
+            if not self.leaving:
+                me = Alive(self.name, self.addr, self.incarnation)
+                self._broadcasts.queue(me)
+                self._corrections.append(me)
+            return
+        m = self.members[u.name]
+        if m.status == Status.ALIVE:
+            self._corrections.append(Alive(m.name, m.addr, m.incarnation))
+
+    def _send_corrections(self, src_addr: str, packet: Packet) -> None:
+        fixes, self._corrections = self._corrections, []
+        if self.leaving:
+            return
+        if isinstance(packet.primary, Ping) and packet.primary.target == self.name:
+            fixes = [u for u in fixes if u.name != self.name]  # our Ack already carried it
+        bare = Packet(self.name, None, ())
+        budget = self.config.max_packet - TRANSPORT_OVERHEAD - len(encode_packet(bare)) - 3
+        out: list[Update] = []
+        for u in dict.fromkeys(fixes):
+            size = len(encode_update(u))
+            if size <= budget:
+                out.append(u)
+                budget -= size
+        if out:
+            self._out.append(Send(src_addr, Packet(self.name, None, tuple(out))))
 
     def _refute(self, now: float, incarnation: int, why: str) -> None:
         me = self.members[self.name]
@@ -540,7 +580,9 @@ class MembershipCore:
                 self._apply(now, Dead(s.name, s.incarnation, s.name))
             else:
                 # A remote "failed" is only a suspicion here: the member gets its chance to refute.
-                if s.name not in self.members:
+                # A copied view is no independent evidence: it never confirms a suspicion.
+                known = self.members.get(s.name)
+                if known is None or (known.status == Status.SUSPECT and s.name != self.name):
                     continue
                 self._apply(now, Suspect(s.name, s.incarnation, self.name))
 

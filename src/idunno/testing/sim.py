@@ -153,7 +153,7 @@ class SimCluster:
     def leave(self, name: str) -> None:
         node = self.nodes[self.names[name]]
         self._apply(node, node.core.leave(self.now))
-        self._schedule(self.now + self.config.leave_linger, "stop", node.core.addr, None)
+        self._schedule(self.now + self.config.leave_linger, "stop", node.core.addr, node)
 
     # --- queries ------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class SimCluster:
         elif ev.kind == "pp_fail":
             peer, join = ev.data
             self._apply(node, node.core.on_push_pull_failed(self.now, peer, join, "unreachable"))
-        elif ev.kind == "stop":
+        elif ev.kind == "stop" and ev.data is node:  # not a process restarted since
             node.up = False
 
     def _apply(self, node: SimNode, effects: list[Effect]) -> None:

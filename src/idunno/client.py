@@ -6,9 +6,11 @@ Every failure surfaces as ClientError with a one-line message naming the cause a
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,6 +20,21 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from idunno.transport import tokens
+
+TRANSFER_TIMEOUT = 300.0
+RETRIES = 3
+
+
+def _retry(fn: Callable[[], dict[str, Any]], retries: int) -> dict[str, Any]:
+    """Call fn, retrying 503s (a node failed mid-operation) after 0.5, 1, 2 ... s."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except ClientError as exc:
+            if exc.status != 503 or attempt == retries:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 class ClientError(Exception):
@@ -102,9 +119,22 @@ class Client:
     # --- store --------------------------------------------------------------------------
 
     def put(
-        self, local: Path, name: str, progress: Callable[[int], None] | None = None
+        self,
+        local: Path,
+        name: str,
+        progress: Callable[[int], None] | None = None,
+        retries: int = RETRIES,
     ) -> dict[str, Any]:
-        """Upload a local file as the next version of NAME (streamed, never held in memory)."""
+        """Upload a local file as the next version of NAME (streamed, never held in memory).
+
+        A node failing mid-put (503) is retried with backoff, long enough for the failure
+        detector to take it out of the replica set.
+        """
+        return _retry(lambda: self._put_once(local, name, progress), retries)
+
+    def _put_once(
+        self, local: Path, name: str, progress: Callable[[int], None] | None
+    ) -> dict[str, Any]:
         size = local.stat().st_size
         with open(local, "rb") as f:
             # An iterator of 1 MiB chunks: http.client would send a file object 8 KiB at a time.
@@ -120,15 +150,29 @@ class Client:
         local: Path,
         version: int | None = None,
         progress: Callable[[int], None] | None = None,
+        retries: int = RETRIES,
     ) -> dict[str, Any]:
         """Download NAME (newest, or `version`) to `local`, checking its sha256 end to end.
 
-        Bytes land in a temporary file beside `local` that replaces it only when complete.
+        Bytes land in a temporary file beside `local` that replaces it only when complete. A
+        transfer cut short (a holder found its copy corrupt, or died) is retried; the cluster
+        serves the retry from another replica.
         """
+        return _retry(lambda: self._get_once(name, local, version, progress), retries)
+
+    def _get_once(
+        self,
+        name: str,
+        local: Path,
+        version: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> dict[str, Any]:
         query = f"?version={version}" if version is not None else ""
         tmp = local.with_name(f".{local.name}.idunno-part")
         h = hashlib.sha256()
-        with self._open("GET", _files_path(name) + query, timeout=TRANSFER_TIMEOUT) as resp:
+        path = _files_path(name) + query
+        redirect = {"X-Idunno-Redirect": "ok"}
+        with self._open("GET", path, headers=redirect, timeout=TRANSFER_TIMEOUT) as resp:
             meta = {
                 "name": name,
                 "version": int(resp.headers["X-Idunno-Version"]),
@@ -143,12 +187,15 @@ class Client:
                         h.update(chunk)
                         if progress:
                             progress(len(chunk))
+            except (OSError, http.client.HTTPException) as exc:
+                tmp.unlink(missing_ok=True)
+                raise ClientError(f"download of {name!r} was cut short ({exc!r})", 503) from None
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
         if h.hexdigest() != meta["sha256"]:
             tmp.unlink(missing_ok=True)
-            raise ClientError(f"download of {name!r} arrived damaged (sha256 mismatch): retry")
+            raise ClientError(f"download of {name!r} arrived damaged (sha256 mismatch)", 503)
         os.replace(tmp, local)
         return meta
 
@@ -172,7 +219,6 @@ class Client:
         return out
 
 
-TRANSFER_TIMEOUT = 300.0
 UPLOAD_CHUNK = 1 << 20
 
 

@@ -12,13 +12,10 @@ from typing import Any
 
 from idunno.cli.progress import Progress
 from idunno.cli.render import format_time, table
-from idunno.client import Client, ClientError
+from idunno.client import Client
 from idunno.store.names import InvalidName, validate
 
 ClientFactory = Callable[[argparse.Namespace], Client]
-# A put or get that met a node failing mid-transfer is retried, backing off 0.5, 1, 2 s: long
-# enough for the failure detector to take the dead node out of the replica set.
-RETRIES = 3
 
 
 class LocalFileError(Exception):
@@ -32,18 +29,6 @@ def _human(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{n} B"
-
-
-def _retrying(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    for attempt in range(RETRIES + 1):
-        try:
-            return fn()
-        except ClientError as exc:
-            # 503: a replica failed mid-operation or too few nodes are live; others are final.
-            if exc.status != 503 or attempt == RETRIES:
-                raise
-            time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 def cmd_put(args: argparse.Namespace, client: Client) -> int:
@@ -61,7 +46,7 @@ def cmd_put(args: argparse.Namespace, client: Client) -> int:
         finally:
             bar.close()
 
-    out = _retrying(attempt)
+    out = attempt()
     took = time.monotonic() - t0
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True))
@@ -87,7 +72,7 @@ def cmd_get(args: argparse.Namespace, client: Client) -> int:
         bar.enabled = False
         return client.get(args.name, local, args.version, progress=bar)
 
-    out = _retrying(attempt)
+    out = attempt()
     if args.json:
         print(json.dumps({**out, "local": str(local)}, indent=2, sort_keys=True))
     else:

@@ -18,6 +18,7 @@ from idunno.store.service import NotFound, StoreService, Unavailable
 
 STORE_KEY: web.AppKey[StoreService] = web.AppKey("store")
 FILES_PREFIX = "/v1/files/"
+SMALL_FILE = 16 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -88,14 +89,20 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     svc = request.app[STORE_KEY]
     name = _name_from_path(request)
     v, holders = await svc.choose(name, _int_query(request, "version"))
+    if holders[0] == svc.me:
+        if v.size > SMALL_FILE or await svc.verify_local(name, v):
+            return await _stream(request, v, svc.local_chunks(name, v))
+        holders = holders[1:]
+        if not holders:
+            raise Unavailable(f"the only copy of {name!r} v{v.version} is corrupt: retry later")
+    live = svc.live()
+    if request.headers.get("X-Idunno-Redirect") == "ok" and holders[0] in live:
+        # Our own client follows a redirect to a holder: one network hop instead of two.
+        location = f"http://{live[holders[0]]}{request.raw_path.split('?', 1)[0]}"
+        raise web.HTTPTemporaryRedirect(f"{location}?version={v.version}")
     last_error = ""
     for holder in holders:
-        if holder == svc.me:
-            if await svc.verify_local(name, v):
-                return await _stream(request, v, svc.local_chunks(name, v))
-            last_error = f"{holder}: corrupt copy (being repaired)"
-            continue
-        addr = svc.live().get(holder)
+        addr = live.get(holder)
         if addr is None:
             continue
         try:
@@ -313,7 +320,9 @@ async def i_blob(request: web.Request) -> web.StreamResponse:
     v = meta.get(number) if meta and number else None
     if v is None:
         raise NotFound(f"{svc.me} does not hold {name!r} v{number}")
-    if not await svc.verify_local(name, v):
+    # Small files are checked before the first byte, so a relaying gateway can still switch to
+    # another replica; large ones are checked in the same pass as they stream.
+    if v.size <= SMALL_FILE and not await svc.verify_local(name, v):
         raise Corrupt(f"{svc.me}'s copy of {name!r} v{number} is corrupt (repairing)")
     return await _stream(request, v, svc.local_chunks(name, v))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -260,19 +261,44 @@ class StoreService:
         return versions[version], who
 
     async def local_chunks(self, name: str, v: Version) -> AsyncIterator[bytes]:
-        path = self.disk.blob(name, v.version)
-        with open(path, "rb") as f:
+        """Our copy of `v`, checked against its sha256 on the way out in a single pass.
+
+        The last chunk is held back until the whole file has hashed right; a corrupt copy
+        raises Corrupt instead (the reader sees a cut-short transfer and retries, by then
+        without this copy, which is discarded and re-fetched from a healthy peer).
+        """
+        h = hashlib.sha256()
+        size = 0
+        held: bytes | None = None
+        try:
+            f = open(self.disk.blob(name, v.version), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            await self._corrupt(name, v, "missing on disk")
+            raise Corrupt(f"{self.me}'s copy of {name!r} v{v.version} is missing") from None
+        with f:
             while chunk := f.read(CHUNK):
-                yield chunk
+                h.update(chunk)
+                size += len(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+        if size != v.size or h.hexdigest() != v.sha256:
+            await self._corrupt(name, v, "fails its sha256 check")
+            raise Corrupt(f"{self.me}'s copy of {name!r} v{v.version} is corrupt (repairing)")
+        if held is not None:
+            yield held
+
+    async def _corrupt(self, name: str, v: Version, why: str) -> None:
+        self.log("corrupt_copy", level="warning", file=name, version=v.version, detail=why)
+        await asyncio.to_thread(self.disk.discard_version, name, v.version)
+        await self._ask_peers_to_resync(name)
 
     async def verify_local(self, name: str, v: Version) -> bool:
         """Check our copy; a corrupt one is discarded and re-fetched from peers."""
         try:
             await asyncio.to_thread(self.disk.verify, name, v)
         except Corrupt as exc:
-            self.log("corrupt_copy", level="warning", file=name, version=v.version, detail=str(exc))
-            await asyncio.to_thread(self.disk.discard_version, name, v.version)
-            await self._ask_peers_to_resync(name)
+            await self._corrupt(name, v, str(exc))
             return False
         return True
 
@@ -455,7 +481,7 @@ class StoreService:
     async def _push(self, peer: str, addr: str, name: str, number: int) -> bool:
         meta = self.disk.meta.get(name)
         v = meta.get(number) if meta else None
-        if v is None or not await self.verify_local(name, v):
+        if v is None:
             return False
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -465,6 +491,8 @@ class StoreService:
 
         try:
             await self.peers.push_version(addr, name, v, chunks())
+        except Corrupt:
+            return False  # our copy went bad: discarded, and re-fetched by the next rounds
         except PeerError as exc:
             self.log("replica_push_failed", level="warning", file=name, peer=peer, detail=str(exc))
             return False

@@ -85,6 +85,7 @@ def _print_json(data: Any) -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     from idunno.membership.shell import Faults
     from idunno.node.server import Node, NodeOptions, StartupError
+    from idunno.store.service import StoreConfig
 
     host, port = _parse_hostport(args.listen, "--listen")
     advertise = args.advertise or args.listen
@@ -99,6 +100,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         raise UsageError(f"--name {name!r} must be printable, at most 128 chars, no spaces or /")
     data_dir = Path(args.data_dir or DEFAULT_DIR / "nodes" / name).resolve()
     cfg = preset(args.preset)
+    if args.replicas < 1 or args.keep_versions < 1:
+        raise UsageError("--replicas and --keep-versions must be at least 1")
     opts = NodeOptions(
         name=name,
         host=host,
@@ -110,6 +113,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         preset=args.preset,
         config=cfg,
         faults=Faults(drop=args.fault_drop),
+        store=StoreConfig(replicas=args.replicas, keep_versions=args.keep_versions),
         stderr_level=args.log_level,
     )
     try:
@@ -186,7 +190,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     directory = _cluster_dir(args)
     directory.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    nodes = start_cluster(directory, args.nodes, base_port=args.base_port, preset=args.preset)
+    extra = ["--replicas", str(args.replicas)] if args.replicas != 4 else []
+    nodes = start_cluster(
+        directory, args.nodes, base_port=args.base_port, preset=args.preset, extra=extra
+    )
     took = time.monotonic() - t0
     if args.json:
         _print_json({"dir": str(directory.resolve()), "nodes": [n.__dict__ for n in nodes]})
@@ -284,6 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="stderr verbosity (the JSON log always has everything)",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=4,
+        metavar="R",
+        help="copies of every stored file (default 4: survives any 3 failures)",
+    )
+    p.add_argument(
+        "--keep-versions",
+        type=int,
+        default=5,
+        metavar="K",
+        help="versions kept per file (default 5)",
+    )
     p.add_argument("--fault-drop", type=float, default=0.0, help=argparse.SUPPRESS)
 
     add("members", cmd_members, "list the cluster's members (MP2 list_mem)", listing=True)
@@ -305,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="first port; node i gets P+i (default 7100)",
     )
     p.add_argument("--preset", default="lan", choices=sorted(PRESETS), help="timing preset")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=4,
+        metavar="R",
+        help="copies of every stored file (default 4)",
+    )
     add("down", cmd_down, "stop the local cluster started by `idunno up`")
     p = add("demo", cmd_demo, "start a 6-node cluster, kill a node, time its detection, stop")
     p.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")

@@ -330,9 +330,9 @@ async def i_blob(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application, svc: StoreService) -> None:
     app[STORE_KEY] = svc
     r = app.router
-    r.add_put(FILES_PREFIX + "{name:.+}", put_file)
-    r.add_get(FILES_PREFIX + "{name:.+}", get_file)
-    r.add_delete(FILES_PREFIX + "{name:.+}", delete_file)
+    r.add_put(FILES_PREFIX + r"{name:[\s\S]+}", put_file)
+    r.add_get(FILES_PREFIX + r"{name:[\s\S]+}", get_file)
+    r.add_delete(FILES_PREFIX + r"{name:[\s\S]+}", delete_file)
     r.add_get("/v1/ls", get_ls)
     r.add_get("/v1/store", get_store)
     r.add_get("/v1/versions", get_versions)

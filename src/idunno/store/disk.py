@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,6 +155,7 @@ class DiskStore:
             shutil.rmtree(self.tmp_dir)  # half-received uploads from before a crash
         self.tmp_dir.mkdir(parents=True)
         self.meta: dict[str, FileMeta] = {}
+        self._lock = threading.Lock()
         self._load()
 
     # --- loading ------------------------------------------------------------------------
@@ -196,7 +198,7 @@ class DiskStore:
             w.abort()
             raise
 
-    def commit(self, name: str, version: Version, staged: Staged) -> FileMeta:
+    def _commit_unlocked(self, name: str, version: Version, staged: Staged) -> FileMeta:
         """Make `staged` visible as `version` of `name` (idempotent for identical bytes)."""
         if staged.sha256 != version.sha256 or staged.size != version.size:
             staged.path.unlink(missing_ok=True)
@@ -233,7 +235,7 @@ class DiskStore:
             self.blob(name, v.version).unlink(missing_ok=True)
         return new
 
-    def delete(self, name: str, tombstone: Tombstone) -> FileMeta:
+    def _delete_unlocked(self, name: str, tombstone: Tombstone) -> FileMeta:
         """Record a tombstone: every version at or below it is removed and never returns."""
         meta = self.meta.get(name) or FileMeta(name)
         if meta.tombstone and meta.tombstone.version >= tombstone.version:
@@ -247,12 +249,12 @@ class DiskStore:
             self.blob(name, v.version).unlink(missing_ok=True)
         return new
 
-    def drop(self, name: str) -> None:
+    def _drop_unlocked(self, name: str) -> None:
         """Forget a local copy entirely (after it was handed to the nodes that should hold it)."""
         self.meta.pop(name, None)
         shutil.rmtree(self._dir(name), ignore_errors=True)
 
-    def discard_version(self, name: str, version: int) -> None:
+    def _discard_version_unlocked(self, name: str, version: int) -> None:
         """Remove one corrupt version so it can be re-fetched."""
         meta = self.meta.get(name)
         if meta is None:
@@ -260,6 +262,29 @@ class DiskStore:
         new = FileMeta(name, [v for v in meta.versions if v.version != version], meta.tombstone)
         self._write_meta(new)
         self.blob(name, version).unlink(missing_ok=True)
+
+    # Metadata changes run in worker threads: one lock keeps read-modify-write of meta.json
+    # atomic when two versions of one name commit at the same moment.
+
+    def commit(self, name: str, version: Version, staged: Staged) -> FileMeta:
+        """Make `staged` visible as `version` of `name` (idempotent for identical bytes)."""
+        with self._lock:
+            return self._commit_unlocked(name, version, staged)
+
+    def delete(self, name: str, tombstone: Tombstone) -> FileMeta:
+        """Record a tombstone: every version at or below it is removed and never returns."""
+        with self._lock:
+            return self._delete_unlocked(name, tombstone)
+
+    def drop(self, name: str) -> None:
+        """Forget a local copy entirely (after it was handed to the nodes that should hold it)."""
+        with self._lock:
+            self._drop_unlocked(name)
+
+    def discard_version(self, name: str, version: int) -> None:
+        """Remove one corrupt version so it can be re-fetched."""
+        with self._lock:
+            self._discard_version_unlocked(name, version)
 
     def _write_meta(self, meta: FileMeta) -> None:
         atomic_write_bytes(self._dir(meta.name) / "meta.json", json.dumps(meta.to_json()).encode())

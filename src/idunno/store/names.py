@@ -21,7 +21,11 @@ def validate(name: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidName("file name is empty: give a name such as models/resnet18.onnx")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName("file name is not valid UTF-8 text: rename it") from None
+    if len(encoded) > MAX_NAME_BYTES:
         raise InvalidName(f"file name is longer than {MAX_NAME_BYTES} bytes: use a shorter one")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidName("file name contains a control character (or NUL): remove it")

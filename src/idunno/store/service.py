@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from idunno.store import plan
 from idunno.store.disk import (
@@ -44,6 +44,7 @@ from idunno.store.throttle import Throttle
 
 LogFn = Callable[..., None]
 STAGE_QUEUE = 4  # chunks in flight per replica during a put: bounds memory to ~4 MB each
+PROMISE_TIMEOUT = 10.0  # s an offerer has to start sending a version it was asked for
 
 
 class Unavailable(StoreError):
@@ -86,6 +87,7 @@ class StoreService:
         self.log = log
         self.throttle = Throttle(config.transfer_rate)
         self._staged: dict[str, tuple[Staged, float]] = {}
+        self._promised: dict[tuple[str, int], float] = {}  # (name, version) -> promise expiry
         self._assigned: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._kick = asyncio.Event()
@@ -276,8 +278,7 @@ class StoreService:
             await self._corrupt(name, v, "missing on disk")
             raise Corrupt(f"{self.me}'s copy of {name!r} v{v.version} is missing") from None
         with f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
+            while chunk := await asyncio.to_thread(_read_and_hash, f, h):
                 size += len(chunk)
                 if held is not None:
                     yield held
@@ -354,15 +355,29 @@ class StoreService:
 
     # --- replica ------------------------------------------------------------------------
 
-    async def stage(self, upload: str, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+    async def _receive(self, chunks: AsyncIterator[bytes]) -> Staged:
+        """Write a stream to tmp/ and fsync it. Disk writes and hashing run in a worker thread,
+        ~1 MiB at a time, so a big transfer never stalls the event loop that also answers the
+        failure detector's probes (hashlib releases the GIL on large buffers)."""
         writer = self.disk.stage()
+        buf: list[bytes] = []
+        buffered = 0
         try:
             async for chunk in chunks:
-                writer.write(chunk)
-            staged = await asyncio.to_thread(writer.finish)
+                buf.append(chunk)
+                buffered += len(chunk)
+                if buffered >= CHUNK:
+                    await asyncio.to_thread(writer.write, b"".join(buf))
+                    buf, buffered = [], 0
+            if buf:
+                await asyncio.to_thread(writer.write, b"".join(buf))
+            return await asyncio.to_thread(writer.finish)
         except BaseException:
             writer.abort()
             raise
+
+    async def stage(self, upload: str, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        staged = await self._receive(chunks)
         self._staged[upload] = (staged, time.monotonic())
         self._forget_old_stages()
         return {"size": staged.size, "sha256": staged.sha256}
@@ -387,15 +402,13 @@ class StoreService:
 
     async def receive_replica(self, name: str, v: Version, chunks: AsyncIterator[bytes]) -> None:
         validate(name)
-        writer = self.disk.stage()
+        key = (name, v.version)
+        self._promised[key] = float("inf")  # arriving now: no other offerer should send it
         try:
-            async for chunk in chunks:
-                writer.write(chunk)
-            staged = await asyncio.to_thread(writer.finish)
-        except BaseException:
-            writer.abort()
-            raise
-        await asyncio.to_thread(self.disk.commit, name, v, staged)
+            staged = await self._receive(chunks)
+            await asyncio.to_thread(self.disk.commit, name, v, staged)
+        finally:
+            self._promised.pop(key, None)
 
     def answer_sync(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Reply to a peer's offer: what we lack; apply tombstones it knows and we do not."""
@@ -412,8 +425,23 @@ class StoreService:
                 self.disk.delete(name, tomb)
                 mine = holding(self.disk.meta[name])
             ans = plan.answer(mine, offered, self.config.keep_versions)
-            out[name] = {"needs": list(ans.needs), "tombstone": ans.tombstone}
+            out[name] = {"needs": self._claim(name, ans.needs), "tombstone": ans.tombstone}
         return out
+
+    def _claim(self, name: str, needs: tuple[int, ...]) -> list[int]:
+        """Ask for each missing version from one offerer only: after a failure every surviving
+        holder offers the same file at once, and without this each would push a full copy. A
+        promise that is not kept within PROMISE_TIMEOUT is released for the next round."""
+        now = time.monotonic()
+        claimed = []
+        for number in needs:
+            if self._promised.get((name, number), 0.0) > now:
+                continue
+            self._promised[(name, number)] = now + PROMISE_TIMEOUT
+            claimed.append(number)
+        if len(self._promised) > 10_000:
+            self._promised = {k: t for k, t in self._promised.items() if t > now}
+        return claimed
 
     # --- repair loop --------------------------------------------------------------------
 
@@ -507,3 +535,10 @@ class StoreService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _read_and_hash(f: BinaryIO, h: Any) -> bytes:
+    """One chunk of a file, already fed to the hash (runs in a worker thread)."""
+    chunk = f.read(CHUNK)
+    h.update(chunk)
+    return chunk

@@ -128,16 +128,6 @@ class StoreSim:
         floor = self.deleted[name]
         return tuple(sorted(v for v in self.acked[name] if v > floor)[-self.cfg.keep :])
 
-    def holders(self, name: str, version: int) -> list[str]:
-        return [n for n, node in self.live.items() if version in _versions(node, name)]
-
-    def tombstone_holders(self, name: str, tombstone: int) -> list[str]:
-        return [
-            n
-            for n, node in self.live.items()
-            if name in node.holdings and node.holdings[name].tombstone >= tombstone
-        ]
-
     def readable(self, name: str) -> int | None:
         """What a get would return: like StoreService.choose over the live members."""
         found = [node.holdings[name] for node in self.live.values() if name in node.holdings]
@@ -269,15 +259,17 @@ class StoreSim:
         return changed
 
     def _copies(self, names: list[str]) -> dict[tuple[str, int], int]:
-        """Live copies of every version the store promises (and of each acked tombstone)."""
+        """Live copies of every version the store promises (and of each acked tombstone, keyed
+        by its negated number)."""
         out: dict[tuple[str, int], int] = {}
         for name in names:
+            found = [n.holdings[name] for n in self.live.values() if name in n.holdings]
             exp = self.expected(name)
             for v in exp:
-                out[name, v] = len(self.holders(name, v))
+                out[name, v] = sum(1 for h in found if v in h.versions)
             tomb = self.deleted[name]
             if tomb and not exp:
-                out[name, -tomb] = len(self.tombstone_holders(name, tomb))
+                out[name, -tomb] = sum(1 for h in found if h.tombstone >= tomb)
         return out
 
     def _check_copies(self, me: str, before: dict[tuple[str, int], int]) -> None:
@@ -311,10 +303,11 @@ class StoreSim:
 
     def check(self) -> None:
         """Invariants that hold after every step."""
+        copies = self._copies(self.names)
         for name in self.names:
             exp = self.expected(name)
             for v in exp:
-                if not self.holders(name, v):
+                if not copies[name, v]:
                     self.fail(f"{name} v{v} (acknowledged) has no live holder")
             want = exp[-1] if exp else None
             got = self.readable(name)
@@ -395,12 +388,9 @@ class StoreSim:
                 self.failures = 0
                 self.budget = min(cfg.max_failures, min(cfg.replicas, len(self.live)) - 1)
                 self.stats["quiescent_checks"] += 1
+                if len(self.live) >= cfg.replicas:
+                    self.stats["quiescent_with_r_live"] += 1
         return self.stats
-
-
-def _versions(node: SimNode, name: str) -> tuple[int, ...]:
-    h = node.holdings.get(name)
-    return h.versions if h else ()
 
 
 def _show(holdings: dict[str, plan.Holding]) -> str:

@@ -51,7 +51,11 @@ async def store_errors(request: web.Request, handler: Handler) -> web.StreamResp
 def _name_from_path(request: web.Request) -> str:
     """The file name exactly as sent (before any URL normalization could rewrite `..`)."""
     raw = request.raw_path.split("?", 1)[0]
-    return validate(unquote(raw[len(FILES_PREFIX) :]))
+    try:
+        name = unquote(raw[len(FILES_PREFIX) :], errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidName("file name is not valid UTF-8 once %-decoded: rename it") from None
+    return validate(name)
 
 
 def _query_name(request: web.Request) -> str:
@@ -147,10 +151,12 @@ async def get_ls(request: web.Request) -> web.Response:
     if name is not None:
         validate(name)
         found = await svc.locate(name)
+        # A node back from an outage may still list versions a tombstone elsewhere removed.
+        tomb = max((m.tombstone.version for m in found.values() if m.tombstone), default=0)
         holders = [
             {
                 "node": member,
-                "versions": [v.version for v in meta.versions],
+                "versions": [v.version for v in meta.versions if v.version > tomb],
                 "tombstone": meta.tombstone.version if meta.tombstone else None,
             }
             for member, meta in found.items()
@@ -286,7 +292,7 @@ async def i_delete(request: web.Request) -> web.Response:
 async def i_sync(request: web.Request) -> web.Response:
     svc = request.app[STORE_KEY]
     b = await _json(request)
-    return web.json_response(svc.answer_sync(b["files"]))
+    return web.json_response(await svc.answer_sync(b["files"]))
 
 
 async def i_inventory(request: web.Request) -> web.Response:

@@ -410,8 +410,12 @@ class StoreService:
         finally:
             self._promised.pop(key, None)
 
-    def answer_sync(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Reply to a peer's offer: what we lack; apply tombstones it knows and we do not."""
+    async def answer_sync(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Reply to a peer's offer: what we lack; apply tombstones it knows and we do not.
+
+        `needs` are the versions this offerer should send; `pending` the ones we lack but another
+        offerer is already sending, so this one must keep its copy until they have arrived.
+        """
         out: dict[str, Any] = {}
         for name, offered_json in files.items():
             validate(name)
@@ -422,26 +426,28 @@ class StoreService:
             mine = holding(meta) if meta else None
             if offered.tombstone > (mine.tombstone if mine else 0):
                 tomb = Tombstone(offered.tombstone, float(offered_json.get("deleted_at", 0.0)))
-                self.disk.delete(name, tomb)
+                await asyncio.to_thread(self.disk.delete, name, tomb)
                 mine = holding(self.disk.meta[name])
             ans = plan.answer(mine, offered, self.config.keep_versions)
-            out[name] = {"needs": self._claim(name, ans.needs), "tombstone": ans.tombstone}
+            needs, pending = self._claim(name, ans.needs)
+            out[name] = {"needs": needs, "pending": pending, "tombstone": ans.tombstone}
         return out
 
-    def _claim(self, name: str, needs: tuple[int, ...]) -> list[int]:
+    def _claim(self, name: str, needs: tuple[int, ...]) -> tuple[list[int], list[int]]:
         """Ask for each missing version from one offerer only: after a failure every surviving
         holder offers the same file at once, and without this each would push a full copy. A
         promise that is not kept within PROMISE_TIMEOUT is released for the next round."""
         now = time.monotonic()
-        claimed = []
+        claimed, pending = [], []
         for number in needs:
             if self._promised.get((name, number), 0.0) > now:
+                pending.append(number)
                 continue
             self._promised[(name, number)] = now + PROMISE_TIMEOUT
             claimed.append(number)
         if len(self._promised) > 10_000:
             self._promised = {k: t for k, t in self._promised.items() if t > now}
-        return claimed
+        return claimed, pending
 
     # --- repair loop --------------------------------------------------------------------
 
@@ -483,6 +489,8 @@ class StoreService:
                 if ans["tombstone"]:
                     tomb = Tombstone(int(ans["tombstone"]), time.time())
                     await asyncio.to_thread(self.disk.delete, name, tomb)
+                if ans.get("pending"):
+                    incomplete.add(name)  # another holder is still sending: keep our copy
                 for number in ans["needs"]:
                     if not await self._push(offer.peer, live[offer.peer], name, int(number)):
                         incomplete.add(name)

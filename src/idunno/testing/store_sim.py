@@ -4,9 +4,11 @@ Nodes hold {name: plan.Holding} in memory. A repair round on one node does what
 `StoreService.repair_round` does: it sends `plan.offers(...)`, each peer applies a newer offered
 tombstone and replies with `plan.answer(...)`, the sender applies a tombstone it is told about
 and pushes the versions the peer needs, and finally drops every file `plan.should_drop` says is
-surplus, but only if every offer for that file (and every push) succeeded. Puts and deletes act
-like the gateway: a put commits the next version (above every live member's top) on the file's
-replica set; a delete records a tombstone on every live member.
+surplus, but only if every offer for that file (and every push) succeeded. (The service's
+one-offerer-per-version promises, StoreService._claim, are not modelled: they only change who
+pushes, and tests/test_store_pure.py checks their effect on drops with in-memory peers.)
+Puts and deletes act like the gateway: a put commits the next version (above every live
+member's top) on the file's replica set; a delete records a tombstone on every live member.
 
 Faults: nodes are killed (their holdings lost, or kept for a later restart on the same
 "disk"), restarted, added; offers and pushes fail at random; a replica discards a version as a

@@ -33,6 +33,7 @@ test: lint types pytest
 
 bench: setup
 	$(BIN)/python bench/membership.py
+	$(BIN)/python bench/sdfs.py
 
 clean:
 	rm -rf $(VENV) .idunno .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -493,7 +493,7 @@ class MembershipCore:
         if s.name == self.name:
             if not self.leaving:
                 self.awareness.apply(1)  # being suspected hints that we are the slow one
-                self._refute(now, s.incarnation, f"suspected by {s.accuser}")
+                self._refute(now, s.incarnation, f"suspected by {s.accuser}", s.accuser)
             return
         if m.status.gone:
             return
@@ -520,7 +520,7 @@ class MembershipCore:
             return
         if d.name == self.name:
             if not self.leaving:
-                self._refute(now, d.incarnation, f"declared failed by {d.accuser}")
+                self._refute(now, d.incarnation, f"declared failed by {d.accuser}", d.accuser)
             return
         new = Status.LEFT if d.left else Status.FAILED
         # Failed may still become left (the departure notice arrived late); nothing else moves.
@@ -566,11 +566,17 @@ class MembershipCore:
         if out:
             self._out.append(Send(src_addr, Packet(self.name, None, tuple(out))))
 
-    def _refute(self, now: float, incarnation: int, why: str) -> None:
+    def _refute(self, now: float, incarnation: int, why: str, accuser: str | None = None) -> None:
         me = self.members[self.name]
         me.incarnation = min(max(me.incarnation, incarnation) + 1, MAX_INCARNATION - 1)
-        self._broadcasts.queue(Alive(self.name, self.addr, me.incarnation))
+        alive = Alive(self.name, self.addr, me.incarnation)
+        self._broadcasts.queue(alive)
         self._out.append(Note("refuted", {"incarnation": me.incarnation, "why": why}))
+        # Gossip reaches everyone only with high probability; the accuser is the one whose
+        # timer will declare us failed, so it gets the refutation directly as well.
+        accused_by = self.members.get(accuser) if accuser else None
+        if accused_by is not None and accuser != self.name and not accused_by.status.gone:
+            self._out.append(Send(accused_by.addr, Packet(self.name, None, (alive,))))
 
     def _merge(self, now: float, states: list[MemberState]) -> None:
         for s in states:

@@ -237,7 +237,6 @@ class MembershipShell:
 
     async def _do_push_pull(self, addr: str, join: bool, states: tuple[MemberState, ...]) -> None:
         body = encode_states(list(states), join)
-        self.stats["tcp_sent_bytes"] += len(body)
         try:
             reply = await self._push_pull(addr, body)
             remote, _ = decode_states(reply)
@@ -245,6 +244,7 @@ class MembershipShell:
             reason = _describe(exc)
             self._execute(self.core.on_push_pull_failed(self.now(), addr, join, reason))
         else:
+            self.stats["tcp_sent_bytes"] += len(body)  # counted once the exchange happened
             self.stats["tcp_recv_bytes"] += len(reply)
             self._execute(self.core.on_push_pull_reply(self.now(), addr, remote, join))
         self._wakeup.set()

@@ -108,6 +108,9 @@ class ProcCluster:
                     os.kill(nd.pid, signal.SIGCONT)  # a stopped process must not linger
         stop_nodes(self._started, leave=False, timeout=5.0)
         for p in self._procs:
+            # Our own children, by handle: safe even where /proc could not yet show the process.
+            if p.poll() is None:
+                p.kill()
             p.wait(timeout=5)
 
     # --- faults -------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class DigitsModel:
 
 def digits_dataset() -> tuple[np.ndarray, np.ndarray]:
     """(X float32 [1797, 64] with values 0..16, y int64 [1797]); row i is query id i."""
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+    from sklearn.datasets import load_digits
 
     data = load_digits()
     return np.asarray(data.data, dtype=np.float32), np.asarray(data.target, dtype=np.int64)
@@ -53,7 +53,7 @@ def digits_dataset() -> tuple[np.ndarray, np.ndarray]:
 
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train row indices, test row indices): a stratified 75/25 split fixed by the seed."""
-    from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
+    from sklearn.model_selection import train_test_split
 
     _, y = digits_dataset()
     train, test = train_test_split(
@@ -64,10 +64,10 @@ def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _estimators(seed: int) -> dict[str, Callable[[], Any]]:
     """Factories for the two pipelines (settings chosen to converge without warnings)."""
-    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
-    from sklearn.neural_network import MLPClassifier  # type: ignore[import-untyped]
-    from sklearn.pipeline import make_pipeline  # type: ignore[import-untyped]
-    from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     return {
         "digits_logreg": lambda: make_pipeline(
@@ -81,8 +81,8 @@ def _estimators(seed: int) -> dict[str, Callable[[], Any]]:
 
 
 def _export(name: str, estimator: Any, accuracy: float, n_test: int, seed: int) -> bytes:
-    from skl2onnx import convert_sklearn  # type: ignore[import-untyped]
-    from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped]
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
 
     model = convert_sklearn(
         estimator,
@@ -108,7 +108,7 @@ def _export(name: str, estimator: Any, accuracy: float, n_test: int, seed: int) 
 
 def build_digits_models(seed: int = 0) -> dict[str, DigitsModel]:
     """Fit both models on the training split and export them; about a second in all."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     x, y = digits_dataset()
     train, test = digits_split(seed)

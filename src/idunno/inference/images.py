@@ -51,7 +51,7 @@ class ImageDecodeError(ValueError):
 @functools.cache
 def _sources() -> tuple[Image.Image, ...]:
     """The photos scikit-learn ships, decoded once per process."""
-    from sklearn.datasets import load_sample_images  # type: ignore[import-untyped]
+    from sklearn.datasets import load_sample_images
 
     return tuple(
         Image.fromarray(np.asarray(a, dtype=np.uint8)) for a in load_sample_images().images

@@ -1,0 +1,73 @@
+"""Files stream through the nodes: memory does not grow with file size."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from idunno.testing.procs import ProcCluster
+
+SIZE = 300 << 20  # large enough that buffering whole files would show plainly in RSS
+RSS_LIMIT = 150 << 20
+
+
+def write_random(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 4 << 20))
+            f.write(chunk)
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+class PeakRss:
+    """Samples the RSS of the node processes in a thread until stopped."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.procs = [psutil.Process(p) for p in pids]
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for p in self.procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.peak = max(self.peak, p.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.process
+@pytest.mark.slow
+def test_a_large_put_and_get_stream_without_growing_node_memory(tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    digest = write_random(src, SIZE)
+    with ProcCluster(5, tmp_path / "cluster") as c:
+        pids = [n.pid for n in c.nodes.values()]
+        client = c.client("n1", timeout=60)
+        with PeakRss(pids) as rss:
+            client.put(src, "big/file.bin")
+            back = tmp_path / "back.bin"
+            client.get("big/file.bin", back)
+        assert rss.peak < RSS_LIMIT, f"a node reached {rss.peak >> 20} MB RSS"
+        h = hashlib.sha256()
+        with open(back, "rb") as f:
+            while chunk := f.read(4 << 20):
+                h.update(chunk)
+        assert h.hexdigest() == digest

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from idunno import __version__
-from idunno.cli import store_cmds
+from idunno.cli import model_cmds, store_cmds
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
 from idunno.localcluster import (
@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite FILE")
 
     store_cmds.register(add, _client)
+    model_cmds.register_models(add, _client)
+    model_cmds.register_datasets(add, _client)
 
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
     p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")

@@ -6,26 +6,102 @@ tables and writing `NAME.json`, `NAME.md` and `NAME.png` under bench/results/.
 
 Figures are built on `matplotlib.figure.Figure` directly (no pyplot, no global backend), so a
 benchmark never opens a window and never touches another module's plotting state.
+
+The benchmarks that run named sections (membership.py, sdfs.py) also share their command line
+(`add_run_args`, `add_output_args`, `parse_sections`, `parse_trials`), progress lines on stderr
+(`log`), their scratch directory (`workdir`), SIGTERM handling (`stop_on_sigterm`) and the panel
+drawn for a section that did not run (`blank_axis`).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime as dt
 import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+# --- command line and run ------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout carries the markdown report)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def add_run_args(
+    parser: argparse.ArgumentParser, sections: Sequence[str], *, quick_help: str, trials_help: str
+) -> None:
+    """--quick, --trials and --only (read back with parse_trials and parse_sections)."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--trials", type=int, help=trials_help)
+    parser.add_argument("--only", help=f"comma-separated sections to run: {', '.join(sections)}")
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """--out (the results directory, RESULTS_DIR by default) and --keep (see workdir)."""
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--keep", action="store_true", help="keep node data dirs and logs")
+
+
+def parse_sections(
+    parser: argparse.ArgumentParser, only: str | None, sections: Sequence[str]
+) -> tuple[str, ...]:
+    """The sections named by --only (every one when it is not given), in the order given; an
+    unknown name ends the program through parser.error (exit status 2)."""
+    chosen = tuple(s.strip() for s in only.split(",")) if only else tuple(sections)
+    unknown = [s for s in chosen if s not in sections]
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r}: choose from {', '.join(sections)}")
+    return chosen
+
+
+def parse_trials(parser: argparse.ArgumentParser, trials: int | None, default: int) -> int:
+    """--trials, or `default` when it is not given; less than 1 ends the program (parser.error)."""
+    value = trials if trials is not None else default
+    if value < 1:
+        parser.error("--trials must be at least 1")
+    return value
+
+
+def _raise_interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does, so the run unwinds through every
+    context manager (each ProcCluster kills its nodes) instead of dying on the spot."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contextlib.contextmanager
+def workdir(keep: bool, prefix: str, parent: str | None = None) -> Iterator[Path]:
+    """A fresh temporary directory (under `parent`, or the system's default) deleted on exit;
+    with `keep`, left in place and its path logged."""
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        log(f"node data and logs kept in {path}")
+        yield path
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
+            yield Path(tmp)
 
 
 # --- machine -------------------------------------------------------------------------------
@@ -145,6 +221,18 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], digits: int 
         cells = [c if isinstance(c, str) else fmt(c, digits) for c in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def blank_axis(ax: Axes, title: str, *, hide_axes: bool = False) -> None:
+    """The panel of a section that was not run (or failed): its title and "not run" in the
+    middle; with `hide_axes`, no frame or ticks."""
+    ax.set_title(title)
+    if hide_axes:
+        ax.set_axis_off()
+    ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
 
 
 # --- output --------------------------------------------------------------------------------

@@ -27,20 +27,20 @@ import contextlib
 import os
 import signal
 import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import psutil
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import _report
+from _report import log
 from idunno.client import ClientError
 from idunno.localcluster import ClusterError, is_running
 from idunno.membership.config import preset
@@ -73,10 +73,6 @@ SIM_EVENT_WINDOW_S = 10.0  # protocol time each event runs (load is averaged ove
 SIM_EVENT_TIMEOUT_S = 30.0
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --- settings and harness ------------------------------------------------------------------
 
 
@@ -99,22 +95,19 @@ class Settings:
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 3 trials, short windows")
-    p.add_argument("--trials", type=int, help="detection trials per case (default 10, quick 3)")
-    p.add_argument("--only", help=f"comma-separated sections to run: {', '.join(SECTIONS)}")
+    _report.add_run_args(
+        p,
+        SECTIONS,
+        quick_help="smoke run: 3 trials, short windows",
+        trials_help="detection trials per case (default 10, quick 3)",
+    )
     p.add_argument("--fp-seeds", type=int, help="simulated seeds per (N, loss) cell")
     p.add_argument("--sim-n", type=int, help="size of the large simulation (1000, quick 200)")
-    p.add_argument("--out", type=Path, default=_report.RESULTS_DIR, help="results directory")
-    p.add_argument("--keep", action="store_true", help="keep node data dirs and logs")
+    _report.add_output_args(p)
     a = p.parse_args(argv)
-    sections = tuple(s.strip() for s in a.only.split(",")) if a.only else SECTIONS
-    unknown = [s for s in sections if s not in SECTIONS]
-    if unknown:
-        p.error(f"unknown section {unknown[0]!r}: choose from {', '.join(SECTIONS)}")
+    sections = _report.parse_sections(p, a.only, SECTIONS)
     q = a.quick
-    trials = a.trials if a.trials is not None else (3 if q else 10)
-    if trials < 1:
-        p.error("--trials must be at least 1")
+    trials = _report.parse_trials(p, a.trials, 3 if q else 10)
     return Settings(
         quick=q,
         trials=trials,
@@ -1348,15 +1341,10 @@ def render_markdown(data: dict[str, Any]) -> str:
 # --- figure --------------------------------------------------------------------------------
 
 
-def _blank(ax: Axes, title: str) -> None:
-    ax.set_title(title)
-    ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
-
-
 def plot_detection(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "Detection by all survivors (real processes)"
     if sec is None:
-        return _blank(ax, title)
+        return _report.blank_axis(ax, title)
     cases = sec["cases"]
     series = [
         [t["detection_s"] for t in c["trials"] if t["detection_s"] is not None] for c in cases
@@ -1377,7 +1365,7 @@ def plot_detection(ax: Axes, sec: dict[str, Any] | None) -> None:
 def plot_false_positives(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "False positives vs loss (simulated protocol time)"
     if sec is None:
-        return _blank(ax, title)
+        return _report.blank_axis(ax, title)
     for n in FP_SIZES:
         cells = [c for c in sec["cells"] if c["n"] == n]
         xs = [100 * c["loss"] for c in cells]
@@ -1401,7 +1389,7 @@ def plot_false_positives(ax: Axes, sec: dict[str, Any] | None) -> None:
 def plot_bandwidth(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "Idle traffic per node (real processes)"
     if sec is None:
-        return _blank(ax, title)
+        return _report.blank_axis(ax, title)
     windows = [sec["n6"]["idle"], sec["n10_idle"]]
     labels = [f"N={w['n']}" for w in windows]
     xs = list(range(len(windows)))
@@ -1420,7 +1408,7 @@ def plot_bandwidth(ax: Axes, sec: dict[str, Any] | None) -> None:
 def plot_spread(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "Update reaching every node, simulated N=1000"
     if sec is None:
-        return _blank(ax, title)
+        return _report.blank_axis(ax, title)
     for name in ("leave", "crash", "join"):
         e = sec[name]
         xs = e["curve"]
@@ -1448,28 +1436,13 @@ def render_figure(data: dict[str, Any]) -> Figure:
 # --- main ----------------------------------------------------------------------------------
 
 
-def _sigterm(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt  # unwind through every ProcCluster so the nodes are killed
-
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    if keep:
-        path = Path(tempfile.mkdtemp(prefix="idunno-bench-"))
-        log(f"node data and logs kept in {path}")
-        yield path
-    else:
-        with tempfile.TemporaryDirectory(prefix="idunno-bench-") as tmp:
-            yield Path(tmp)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    _report.stop_on_sigterm()  # unwind through every ProcCluster so the nodes are killed
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     t0 = time.monotonic()
     git = _report.git_info()  # before the run: the code the nodes were started from
-    with workdir(settings.keep) as root:
+    with _report.workdir(settings.keep, "idunno-bench-") as root:
         h = Harness(root, settings)
         results = run_sections(h)
     data: dict[str, Any] = {

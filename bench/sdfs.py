@@ -31,12 +31,10 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -46,13 +44,14 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import psutil
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import _report
+from _report import log
 from idunno.client import Client, ClientError
 from idunno.localcluster import KEY_FILE, ClusterError
 from idunno.node.logs import read_events
@@ -80,10 +79,6 @@ PUT_RATIO_TARGET = 0.5  # put throughput / 4 local fsynced copies
 GET_RATIO_TARGET = 0.5  # get throughput / loopback TCP copy
 REPAIR_RATIO_TARGET = 3.0  # re-replication time / local copy of the same volume
 REPAIR_SMALL_TARGET_S = 2.0  # failure confirmation -> every file at 4 replicas, 40 MB case
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def human(n: float) -> str:
@@ -115,9 +110,12 @@ class Settings:
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, 2 trials")
-    p.add_argument("--trials", type=int, help="trials per transfer size (default 5, quick 2)")
-    p.add_argument("--only", help=f"comma-separated sections to run: {', '.join(SECTIONS)}")
+    _report.add_run_args(
+        p,
+        SECTIONS,
+        quick_help="smoke run: small sizes, 2 trials",
+        trials_help="trials per transfer size (default 5, quick 2)",
+    )
     p.add_argument(
         "--gateway-role",
         choices=("other", "replica", "any"),
@@ -125,17 +123,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         help="file names are chosen so the gateway node is not a replica (other, the default:\n"
         "every byte crosses one more hop), is one (replica), or either (any)",
     )
-    p.add_argument("--out", type=Path, default=_report.RESULTS_DIR, help="results directory")
-    p.add_argument("--keep", action="store_true", help="keep node data dirs and logs")
+    _report.add_output_args(p)
     a = p.parse_args(argv)
-    sections = tuple(s.strip() for s in a.only.split(",")) if a.only else SECTIONS
-    unknown = [s for s in sections if s not in SECTIONS]
-    if unknown:
-        p.error(f"unknown section {unknown[0]!r}: choose from {', '.join(SECTIONS)}")
+    sections = _report.parse_sections(p, a.only, SECTIONS)
     q = a.quick
-    trials = a.trials if a.trials is not None else (2 if q else 5)
-    if trials < 1:
-        p.error("--trials must be at least 1")
+    trials = _report.parse_trials(p, a.trials, 2 if q else 5)
     return Settings(
         quick=q,
         trials=trials,
@@ -991,16 +983,10 @@ def render_markdown(data: dict[str, Any]) -> str:
 # --- figure --------------------------------------------------------------------------------
 
 
-def _blank(ax: Axes, title: str) -> None:
-    ax.set_title(title)
-    ax.set_axis_off()
-    ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
-
-
 def plot_transfers(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "Throughput vs same-run baselines"
     if sec is None or not ok(sec):
-        _blank(ax, title)
+        _report.blank_axis(ax, title, hide_axes=True)
         return
     labels, values, colors = [], [], []
     for entry in sec["sizes"]:
@@ -1026,7 +1012,7 @@ def plot_transfers(ax: Axes, sec: dict[str, Any] | None) -> None:
 def plot_versions(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "get-versions (CLI, start-up included)"
     if sec is None or not ok(sec):
-        _blank(ax, title)
+        _report.blank_axis(ax, title, hide_axes=True)
         return
     ns = [r["n"] for r in sec["rows"]]
     means = [r["summary"]["mean"] for r in sec["rows"]]
@@ -1045,7 +1031,7 @@ def plot_versions(ax: Axes, sec: dict[str, Any] | None) -> None:
 def plot_rereplication(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "Re-replication after SIGKILL of one holder"
     if sec is None or not ok(sec):
-        _blank(ax, title)
+        _report.blank_axis(ax, title, hide_axes=True)
         return
     labels, detect, repair, base, goal = [], [], [], [], []
     for k, case in enumerate(sec["cases"]):
@@ -1073,7 +1059,7 @@ def plot_rereplication(ax: Axes, sec: dict[str, Any] | None) -> None:
 def plot_small(ax: Axes, sec: dict[str, Any] | None) -> None:
     title = "Small files: puts/s"
     if sec is None or not ok(sec):
-        _blank(ax, title)
+        _report.blank_axis(ax, title, hide_axes=True)
         return
     labels = [f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}" for r in sec["rows"]]
     store = [r["puts_per_s"] for r in sec["rows"]]
@@ -1103,27 +1089,12 @@ def render_figure(data: dict[str, Any]) -> Figure:
 # --- main ----------------------------------------------------------------------------------
 
 
-def _sigterm(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt  # unwind through every ProcCluster so the nodes are killed
-
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    if keep:
-        path = Path(tempfile.mkdtemp(prefix="idunno-bench-sdfs-", dir="/tmp"))
-        log(f"node data and logs kept in {path}")
-        yield path
-    else:
-        with tempfile.TemporaryDirectory(prefix="idunno-bench-sdfs-", dir="/tmp") as tmp:
-            yield Path(tmp)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    _report.stop_on_sigterm()  # unwind through every ProcCluster so the nodes are killed
     t0 = time.monotonic()
     load0 = os.getloadavg()
-    with workdir(settings.keep) as root:
+    with _report.workdir(settings.keep, "idunno-bench-sdfs-", parent="/tmp") as root:
         h = Harness(root, settings)
         results = run_sections(h)
     data: dict[str, Any] = {

@@ -169,6 +169,12 @@ class MembershipCore:
         """Members not failed or departed, self included."""
         return self._live
 
+    def drop_pending_gossip(self) -> None:
+        """Forget queued updates. For simulators that build a fully joined cluster in one step:
+        a real cluster joins node by node and has long disseminated those rumours, so keeping
+        N^2 of them would make the first minute of a large simulation unrepresentative."""
+        self._broadcasts = BroadcastQueue()
+
     def local_states(self) -> tuple[MemberState, ...]:
         return tuple(m.state() for m in self.members.values())
 

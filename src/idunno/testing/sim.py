@@ -115,6 +115,7 @@ class SimCluster:
             everyone = [MemberState(nm, a, 0, Status.ALIVE) for nm, a in self.names.items()]
             for node in self.nodes.values():
                 node.core.on_push_pull_request(0.0, everyone, False)
+                node.core.drop_pending_gossip()
                 self._wake(node)
 
     # --- control ------------------------------------------------------------------------

@@ -67,7 +67,7 @@ REPLICAS = 4
 PRESET = "lan"
 GATEWAY = "n1"  # every client request goes to this node
 VICTIM = "n6"  # the node killed in the re-replication cases (placement makes it a holder)
-SECTIONS = ("transfers", "versions", "small", "rereplication")
+SECTIONS = ("transfers", "versions", "small", "rereplication", "streaming")
 STARTUP_ATTEMPTS = 3
 POLL_S = 0.05  # re-replication completion poll (20 Hz)
 QUIET_WINDOW_S = 1.0  # survivors writing less than QUIET_BYTES in this long: repair is over
@@ -101,6 +101,7 @@ class Settings:
     volume_file_size: int
     small_count: int
     small_size: int
+    stream_size: int  # the streaming (memory) section's file
     threads: int
     gateway_role: str  # "other": the gateway holds no replica of the files it is sent
     sections: tuple[str, ...]
@@ -140,6 +141,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         volume_file_size=10 * MB if q else 20 * MB,
         small_count=100 if q else 1000,
         small_size=1000,
+        stream_size=200 * MB if q else 2000 * MB,
         threads=8,
         gateway_role=a.gateway_role,
         sections=sections,
@@ -699,6 +701,71 @@ def log_repair(what: str, t: dict[str, Any]) -> None:
     )
 
 
+# --- streaming: memory stays flat --------------------------------------------------------
+
+RSS_TARGET_MB = 150.0
+
+
+class PeakRss:
+    """Highest RSS of any node process, sampled every 20 ms in a thread."""
+
+    def __init__(self, cluster: ProcCluster) -> None:
+        self._procs = [psutil.Process(nd.pid) for nd in cluster.nodes.values()]
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            for p in self._procs:
+                with contextlib.suppress(psutil.Error):
+                    self.peak = max(self.peak, p.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_streaming(h: Harness) -> dict[str, Any]:
+    """One large put and get; the peak RSS of every node process is the figure."""
+    size = h.settings.stream_size
+    src = h.source(size)
+    out: dict[str, Any] = {"size": size}
+    with h.cluster("streaming") as c:
+        client = c.client(GATEWAY, timeout=600)
+        name = pick_name("stream", list(c.nodes), h.settings.gateway_role)
+        idle = max(psutil.Process(nd.pid).memory_info().rss for nd in c.nodes.values())
+        out["idle_rss_mb"] = idle / MB
+        for op in ("put", "get"):
+            with PeakRss(c) as rss:
+                t0 = time.monotonic()
+                if op == "put":
+                    client.put(src, name)
+                else:
+                    client.get(name, h.scratch / "stream.bin")
+                took = time.monotonic() - t0
+            out[op] = {"seconds": took, "mbps": size / MB / took, "peak_rss_mb": rss.peak / MB}
+            log(f"  {human(size)} {op}: {took:.1f} s, peak node RSS {rss.peak / MB:.0f} MB")
+    return out
+
+
+def md_streaming(sec: dict[str, Any]) -> str:
+    rows = [
+        [op, sec[op]["seconds"], sec[op]["mbps"], sec[op]["peak_rss_mb"]] for op in ("put", "get")
+    ]
+    return (
+        f"## Streaming a {human(sec['size'])} file\n\n"
+        f"Peak RSS of any node process (sampled every 20 ms) during one put and one get through "
+        f"{GATEWAY}; idle RSS before: {sec['idle_rss_mb']:.0f} MB. Target: under "
+        f"{RSS_TARGET_MB:g} MB whatever the file size.\n\n"
+        + _report.table(["operation", "seconds", "MB/s", "peak node RSS MB"], rows)
+    )
+
+
 # --- running -------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Harness], dict[str, Any]]] = {
@@ -706,6 +773,7 @@ RUNNERS: dict[str, Callable[[Harness], dict[str, Any]]] = {
     "versions": run_versions,
     "small": run_small,
     "rereplication": run_rereplication,
+    "streaming": run_streaming,
 }
 
 
@@ -759,6 +827,18 @@ def _repair_case(data: dict[str, Any], index: int) -> dict[str, Any] | None:
 
 def figures(data: dict[str, Any]) -> list[Goal]:
     out = []
+    stream = data.get("streaming")
+    if stream and ok(stream):
+        peak = max(stream["put"]["peak_rss_mb"], stream["get"]["peak_rss_mb"])
+        out.append(
+            Goal(
+                f"node RSS during a {human(stream['size'])} put and get",
+                f"< {RSS_TARGET_MB:g} MB",
+                f"{peak:.0f} MB",
+                peak < RSS_TARGET_MB,
+                peak,
+            )
+        )
     big = _largest(data)
     if big is not None:
         size = human(big["size"])
@@ -950,6 +1030,7 @@ SECTION_MD: dict[str, Callable[[dict[str, Any]], str]] = {
     "versions": md_versions,
     "small": md_small,
     "rereplication": md_rereplication,
+    "streaming": md_streaming,
 }
 
 

@@ -56,7 +56,7 @@ from idunno.client import Client, ClientError
 from idunno.localcluster import KEY_FILE, ClusterError
 from idunno.node.logs import read_events
 from idunno.store.placement import replica_set
-from idunno.testing.procs import ProcCluster, WaitTimeoutError
+from idunno.testing.procs import PeakRss, ProcCluster, WaitTimeoutError
 
 T = TypeVar("T")
 
@@ -706,30 +706,6 @@ def log_repair(what: str, t: dict[str, Any]) -> None:
 RSS_TARGET_MB = 150.0
 
 
-class PeakRss:
-    """Highest RSS of any node process, sampled every 20 ms in a thread."""
-
-    def __init__(self, cluster: ProcCluster) -> None:
-        self._procs = [psutil.Process(nd.pid) for nd in cluster.nodes.values()]
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            for p in self._procs:
-                with contextlib.suppress(psutil.Error):
-                    self.peak = max(self.peak, p.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_streaming(h: Harness) -> dict[str, Any]:
     """One large put and get; the peak RSS of every node process is the figure."""
     size = h.settings.stream_size
@@ -741,7 +717,7 @@ def run_streaming(h: Harness) -> dict[str, Any]:
         idle = max(psutil.Process(nd.pid).memory_info().rss for nd in c.nodes.values())
         out["idle_rss_mb"] = idle / MB
         for op in ("put", "get"):
-            with PeakRss(c) as rss:
+            with PeakRss(nd.pid for nd in c.nodes.values()) as rss:
                 t0 = time.monotonic()
                 if op == "put":
                     client.put(src, name)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import threading
 from pathlib import Path
 
-import psutil
 import pytest
 
-from idunno.testing.procs import ProcCluster
+from idunno.testing.procs import PeakRss, ProcCluster
 
 SIZE = 300 << 20  # large enough that buffering whole files would show plainly in RSS
 RSS_LIMIT = 150 << 20
@@ -27,30 +24,6 @@ def write_random(path: Path, size: int) -> str:
             h.update(chunk)
             left -= len(chunk)
     return h.hexdigest()
-
-
-class PeakRss:
-    """Samples the RSS of the node processes in a thread until stopped."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.procs = [psutil.Process(p) for p in pids]
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            for p in self.procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    self.peak = max(self.peak, p.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.mark.process

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -178,3 +179,36 @@ class ProcCluster:
 
         wait_for(done, timeout, f"{member} to be {status} in the view of {', '.join(names)}")
         return time.monotonic() - t0
+
+
+class PeakRss:
+    """Highest RSS of any of `pids`, sampled every 20 ms in a thread while the block runs.
+
+    with PeakRss(pids) as rss:
+        client.put(big_file, "name")
+    assert rss.peak < 150 << 20
+    """
+
+    def __init__(self, pids: Iterable[int], every: float = 0.02) -> None:
+        import psutil  # a test/bench dependency, not a runtime one
+
+        self._procs = [psutil.Process(p) for p in pids]
+        self._error = psutil.Error
+        self.every = every
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            for p in self._procs:
+                with contextlib.suppress(self._error):
+                    self.peak = max(self.peak, int(p.memory_info().rss))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from idunno import __version__
 from idunno.cli import model_cmds, store_cmds
+from idunno.cli.options import add_cluster_options
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
 from idunno.localcluster import (
@@ -228,21 +229,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
-def _add_common(p: argparse.ArgumentParser, listing: bool = False) -> None:
-    p.add_argument("--at", metavar="HOST:PORT", help="node to ask (default: the local cluster)")
-    p.add_argument(
-        "--key-file",
-        metavar="FILE",
-        help="cluster key (default: $IDUNNO_CLUSTER_KEY or DIR/cluster.key)",
-    )
-    p.add_argument("--dir", metavar="D", help="local cluster directory (default: .idunno)")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON instead of a table" if listing else "print JSON",
-    )
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line that names the fix, not a usage dump."""
 
@@ -269,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         if common:
-            _add_common(p, listing)
+            add_cluster_options(p, listing)
         return p
 
     p = add("node", cmd_node, "run one node in the foreground", common=False)

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from idunno.cli.options import add_cluster_options
 from idunno.cli.progress import Progress
 from idunno.cli.render import format_time, table
-from idunno.cli.store_cmds import _human as human
+from idunno.cli.render import human_size as human
 from idunno.client import Client
 
 if TYPE_CHECKING:
@@ -444,22 +445,6 @@ def cmd_dataset_list(args: argparse.Namespace, client: ClientFactory) -> int:
 # --- registration ----------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, listing: bool = False) -> None:
-    """The options every cluster command takes (as in idunno.cli.main)."""
-    p.add_argument("--at", metavar="HOST:PORT", help="node to ask (default: the local cluster)")
-    p.add_argument(
-        "--key-file",
-        metavar="FILE",
-        help="cluster key (default: $IDUNNO_CLUSTER_KEY or DIR/cluster.key)",
-    )
-    p.add_argument("--dir", metavar="D", help="local cluster directory (default: .idunno)")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON instead of a table" if listing else "print JSON",
-    )
-
-
 def _group(add: AddParser, name: str, help_: str) -> Callable[..., argparse.ArgumentParser]:
     """`idunno NAME ACTION ...`: returns add_action(action, fn, help, listing=False)."""
     parent = add(name, _no_action, help_, common=False)
@@ -477,7 +462,7 @@ def _group(add: AddParser, name: str, help_: str) -> Callable[..., argparse.Argu
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(fn=fn)
-        _common(p, listing)
+        add_cluster_options(p, listing)
         return p
 
     return add_action

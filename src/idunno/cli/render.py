@@ -27,3 +27,13 @@ def format_time(ts: float) -> str:
     else:
         rel = f"{ago / 3600:.0f}h ago"
     return f"{stamp} ({rel})"
+
+
+def human_size(n: int) -> str:
+    """Bytes in decimal units: 950 B, 3.0 MB, 1.2 GB."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"

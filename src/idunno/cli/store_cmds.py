@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from idunno.cli.progress import Progress
-from idunno.cli.render import format_time, table
+from idunno.cli.render import format_time, human_size, table
 from idunno.client import Client
 from idunno.store.names import InvalidName, validate
 
@@ -20,15 +20,6 @@ ClientFactory = Callable[[argparse.Namespace], Client]
 
 class LocalFileError(Exception):
     pass
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 def cmd_put(args: argparse.Namespace, client: Client) -> int:
@@ -52,7 +43,7 @@ def cmd_put(args: argparse.Namespace, client: Client) -> int:
         print(json.dumps(out, indent=2, sort_keys=True))
     else:
         print(
-            f"put {args.name}: version {out['version']}, {_human(out['size'])}, "
+            f"put {args.name}: version {out['version']}, {human_size(out['size'])}, "
             f"on {', '.join(out['replicas'])} ({took:.2f} s)"
         )
     return 0
@@ -78,7 +69,7 @@ def cmd_get(args: argparse.Namespace, client: Client) -> int:
     else:
         took = time.monotonic() - t0
         print(
-            f"got {args.name} version {out['version']} ({_human(out['size'])}) "
+            f"got {args.name} version {out['version']} ({human_size(out['size'])}) "
             f"-> {local} ({took:.2f} s)"
         )
     return 0
@@ -112,7 +103,7 @@ def cmd_ls(args: argparse.Namespace, client: Client) -> int:
         [
             f["name"],
             str(f["version"]),
-            _human(f["size"]),
+            human_size(f["size"]),
             str(f["replicas"]),
             format_time(f["created_at"]),
         ]
@@ -130,11 +121,15 @@ def cmd_store(args: argparse.Namespace, client: Client) -> int:
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0
     rows = [
-        [f["name"], ", ".join(str(v) for v in reversed(f["versions"])) or "-", _human(f["size"])]
+        [
+            f["name"],
+            ", ".join(str(v) for v in reversed(f["versions"])) or "-",
+            human_size(f["size"]),
+        ]
         for f in out["files"]
         if f["versions"]
     ]
-    print(f"node {out['node']} holds {len(rows)} files, {_human(out['bytes'])}:")
+    print(f"node {out['node']} holds {len(rows)} files, {human_size(out['bytes'])}:")
     print(table(["NAME", "VERSIONS (newest first)", "SIZE (newest)"], rows))
     return 0
 

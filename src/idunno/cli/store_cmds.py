@@ -129,7 +129,8 @@ def cmd_store(args: argparse.Namespace, client: Client) -> int:
         for f in out["files"]
         if f["versions"]
     ]
-    print(f"node {out['node']} holds {len(rows)} files, {human_size(out['bytes'])}:")
+    files = "file" if len(rows) == 1 else "files"
+    print(f"node {out['node']} holds {len(rows)} {files}, {human_size(out['bytes'])}:")
     print(table(["NAME", "VERSIONS (newest first)", "SIZE (newest)"], rows))
     return 0
 
@@ -171,7 +172,8 @@ def cmd_get_versions(args: argparse.Namespace, client: Client) -> int:
         print(json.dumps({"name": args.name, "versions": parts, "local": str(local)}))
     else:
         listed = ", ".join(str(p) for p in parts)
-        print(f"wrote {len(parts)} versions of {args.name} ({listed}) to {local}")
+        noun = "version" if len(parts) == 1 else "versions"
+        print(f"wrote {len(parts)} {noun} of {args.name} ({listed}) to {local}")
     return 0
 
 

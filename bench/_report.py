@@ -271,3 +271,9 @@ def write_results(
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         tmp.replace(paths["png"])
     return paths
+
+
+def startup_failures_md(failures: list[dict[str, Any]]) -> str:
+    """The markdown section listing cluster starts that had to be retried."""
+    lines = [f"- {x['cluster']} attempt {x['attempt']}: {x['error']}" for x in failures]
+    return "## Cluster starts that did not converge (retried)\n\n" + "\n".join(lines)

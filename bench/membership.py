@@ -1330,11 +1330,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         else:
             parts.append(SECTION_MD[name](sec))
     if data["startup_failures"]:
-        lines = [
-            f"- {x['cluster']} attempt {x['attempt']}: {x['error']}"
-            for x in data["startup_failures"]
-        ]
-        parts.append("## Cluster starts that did not converge (retried)\n\n" + "\n".join(lines))
+        parts.append(_report.startup_failures_md(data["startup_failures"]))
     return "\n\n".join(parts) + "\n"
 
 

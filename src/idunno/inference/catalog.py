@@ -519,43 +519,26 @@ def read_local_file(path: Path, what: str = "model file") -> bytes:
         raise CatalogError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def _dims(value: Any) -> tuple[int | None, ...]:
-    """An ONNX ValueInfo's dimensions; None for a dynamic one."""
-    dims = value.type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-
-
-def _inspect_raw(model_bytes: bytes) -> tuple[str, tuple[int | None, ...], str, int]:
+def _inspect_raw(model_bytes: bytes, name: str) -> tuple[str, tuple[int | None, ...], str, int]:
     """(input name, input shape, output name, classes) for preprocess "none": one float32 input
     with fixed dimensions after the batch dimension and a float32 [N, C] output."""
-    import onnx
-    from onnx import TensorProto
+    from idunno.inference.zoo import model_io
 
     try:
-        model = onnx.load_model_from_string(model_bytes)
-    except Exception as exc:  # protobuf raises its own DecodeError
-        raise CatalogError(f"not an ONNX model ({one_line(str(exc))}): give a .onnx file") from exc
-    weights = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in weights]
-    if len(inputs) != 1:
-        raise CatalogError(f"needs exactly one input tensor, has {len(inputs)}")
-    (inp,) = inputs
-    shape = _dims(inp)
-    if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
-        raise CatalogError(f"input {inp.name!r} must be float32")
+        io = model_io(model_bytes, name)
+    except ValueError as exc:
+        raise CatalogError(one_line(str(exc).removeprefix(f"{name}: "))) from None
+    shape = io.input_shape
     if not shape or any(d is None for d in shape[1:]):
         raise CatalogError(
             f"input shape {show_shape(shape)}: preprocess 'none' needs fixed dimensions "
             "after the batch dimension"
         )
-    outputs = [
-        v
-        for v in model.graph.output
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT and len(_dims(v)) == 2
-    ]
-    if not outputs:
-        raise CatalogError("needs a float32 [N, classes] output (scores per class)")
-    return inp.name, shape, outputs[0].name, _dims(outputs[0])[1] or 0
+    try:
+        output_name = io.require_output(name)
+    except ValueError as exc:
+        raise CatalogError(one_line(str(exc).removeprefix(f"{name}: "))) from None
+    return io.input_name, shape, output_name, io.num_classes
 
 
 def describe_model(
@@ -588,10 +571,10 @@ def describe_model(
         if preprocess != "none" or str(exc).startswith("not an ONNX model"):
             raise CatalogError(one_line(str(exc).removeprefix(f"{name}: "))) from None
         implied, note = None, "user ONNX model"
-        input_name, shape, output_name, classes = _inspect_raw(model_bytes)
+        input_name, shape, output_name, classes = _inspect_raw(model_bytes, name)
     chosen = preprocess or implied or "none"
     if chosen == "none":
-        input_name, shape, output_name, classes = _inspect_raw(model_bytes)
+        input_name, shape, output_name, classes = _inspect_raw(model_bytes, name)
     elif chosen != implied:
         raise CatalogError(
             f"--preprocess {chosen} does not fit input shape {show_shape(shape)}, which "

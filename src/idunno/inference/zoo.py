@@ -275,20 +275,51 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in shape.dim)
 
 
-def inspect_model(model_bytes: bytes, name: str = "model") -> ModelInfo:
-    """Describe a user's ONNX classifier: one float32 input, either NCHW images [N, 3, 224, 224]
-    (H, W may be dynamic; "imagenet" preprocessing) or [N, 64] digits features, and a float32
-    [N, C] output (the first such output is the answer). The batch dimension may be fixed or
-    dynamic. Raises ValueError naming what does not fit."""
+@dataclass(frozen=True)
+class ModelIO:
+    """The tensors of a single-input classifier: what every caller checks first."""
+
+    model: onnx.ModelProto
+    input_name: str
+    input_shape: tuple[int | None, ...]
+    output_name: str | None  # None: no float32 [N, C] output (see require_output)
+    num_classes: int  # 0: only known after the first run
+
+    def require_output(self, name: str) -> str:
+        if self.output_name is None:
+            raise ValueError(f"{name}: needs a float32 [N, classes] output (scores per class)")
+        return self.output_name
+
+
+def model_io(model_bytes: bytes, name: str = "model") -> ModelIO:
+    """Parse a model and find its one float32 input and its first float32 [N, C] output.
+    Raises ValueError naming what does not fit; callers check the input shape, then call
+    require_output, so the first problem reported is the input's."""
     model = _parse(model_bytes)
     weights = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in weights]
     if len(inputs) != 1:
         raise ValueError(f"{name}: needs exactly one input tensor, has {len(inputs)}")
     (inp,) = inputs
-    in_shape = _dims(inp)
     if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise ValueError(f"{name}: input {inp.name!r} must be float32")
+    outputs = [
+        v
+        for v in model.graph.output
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT and len(_dims(v)) == 2
+    ]
+    if not outputs:
+        return ModelIO(model, inp.name, _dims(inp), None, 0)
+    return ModelIO(model, inp.name, _dims(inp), outputs[0].name, _dims(outputs[0])[1] or 0)
+
+
+def inspect_model(model_bytes: bytes, name: str = "model") -> ModelInfo:
+    """Describe a user's ONNX classifier: one float32 input, either NCHW images [N, 3, 224, 224]
+    (H, W may be dynamic; "imagenet" preprocessing) or [N, 64] digits features, and a float32
+    [N, C] output (the first such output is the answer). The batch dimension may be fixed or
+    dynamic. Raises ValueError naming what does not fit."""
+    io = model_io(model_bytes, name)
+    model, in_shape, classes = io.model, io.input_shape, io.num_classes
     if len(in_shape) == 4 and in_shape[1] == 3:
         if any(d not in (None, IMAGE_SIZE) for d in in_shape[2:]):
             raise ValueError(f"{name}: input shape {in_shape}: images are fed as 224x224")
@@ -299,20 +330,13 @@ def inspect_model(model_bytes: bytes, name: str = "model") -> ModelInfo:
         raise ValueError(
             f"{name}: input shape {in_shape} is neither [N, 3, H, W] images nor [N, 64] digits"
         )
-    outputs = [
-        v
-        for v in model.graph.output
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT and len(_dims(v)) == 2
-    ]
-    if not outputs:
-        raise ValueError(f"{name}: needs a float32 [N, classes] output (scores per class)")
-    classes = _dims(outputs[0])[1] or 0  # 0: only known after the first run
+    output_name = io.require_output(name)
     meta = {p.key: p.value for p in model.metadata_props}
     return ModelInfo(
         name=name,
-        input_name=inp.name,
+        input_name=io.input_name,
         input_shape=in_shape,
-        output_name=outputs[0].name,
+        output_name=output_name,
         preprocessing=preprocessing,
         num_classes=classes,
         labels=tuple(f"class_{i}" for i in range(classes)),

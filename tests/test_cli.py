@@ -22,7 +22,7 @@ from idunno.transport import keys
 from tests.conftest import IDUNNO, CliRunner, assert_one_line_error, cli_env, stop_popen
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
-MEMBER_FIELDS = {"id", "address", "status", "incarnation", "changed_at"}
+MEMBER_FIELDS = {"id", "address", "status", "incarnation", "changed_at", "role"}
 
 
 @pytest.fixture
@@ -157,13 +157,14 @@ def test_up_members_self_down(idunno: CliRunner, cluster_dir: Path) -> None:
     for row in members["members"]:
         assert set(row) == MEMBER_FIELDS
         assert row["status"] == "alive"
+        assert row["role"] in {"coordinator", "standby", "worker"}
         assert isinstance(row["incarnation"], int)
         assert isinstance(row["changed_at"], float | int)
 
     r = idunno("members", "--dir", d)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["ID", "ADDRESS", "STATUS", "INCARNATION", "SINCE"]
+    assert lines[0].split() == ["ID", "ADDRESS", "STATUS", "ROLE", "INCARNATION", "SINCE"]
     assert len(lines) == 4
     assert lines[1].startswith("n1 (self)")
     assert all(" alive " in ln for ln in lines[1:])

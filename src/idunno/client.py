@@ -218,6 +218,138 @@ class Client:
         )["versions"]
         return out
 
+    # --- jobs (the control plane's public API: docs/control-plane.md, "Public job API") -------
+
+    def _call(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """A JSON request; a 503 (no coordinator reachable yet: a failover is under way) is
+        retried for up to FAILOVER_WAIT s, backing off 0.1 -> 0.5 s, before it is raised."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        deadline = time.monotonic() + FAILOVER_WAIT
+        delay = 0.1
+        while True:
+            try:
+                return self._call_once(method, path, data, headers, timeout)
+            except ClientError as exc:
+                if exc.status != 503:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise ClientError(
+                        f"{exc} (still after {FAILOVER_WAIT:g} s of retries: no coordinator "
+                        "is reachable; check `idunno members` and retry shortly)",
+                        503,
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _call_once(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        try:
+            with self._open(method, path, data, headers, timeout) as resp:
+                out = json.loads(resp.read() or b"null")
+        except ClientError:
+            raise
+        except (TimeoutError, OSError) as exc:
+            raise ClientError(self._unreachable(exc)) from None
+        except ValueError:
+            raise ClientError(f"node at {self.at} answered {method} {path} with bad JSON") from None
+        if not isinstance(out, dict):
+            raise ClientError(f"node at {self.at} answered {method} {path} with non-object JSON")
+        return out
+
+    def submit_job(
+        self,
+        model: str,
+        dataset: str,
+        batch_size: int,
+        name: str | None = None,
+        weight: float | None = None,
+    ) -> dict[str, Any]:
+        """Submit a job; returns the job object (201 `{job}`)."""
+        body: dict[str, Any] = {"model": model, "dataset": dataset, "batch_size": batch_size}
+        if name is not None:
+            body["name"] = name
+        if weight is not None:
+            body["weight"] = weight
+        return _job_object(self._call("POST", "/v1/jobs", body))
+
+    def jobs(self) -> dict[str, Any]:
+        """`{jobs: [job], coordinator, epoch}`."""
+        return self._call("GET", "/v1/jobs")
+
+    def job(self, job: str) -> dict[str, Any]:
+        """The job object of JOB (its id or its name)."""
+        return _job_object(self._call("GET", _job_path(job)))
+
+    def cancel_job(self, job: str) -> dict[str, Any]:
+        """Cancel JOB; returns its job object."""
+        return _job_object(self._call("POST", _job_path(job, "cancel"), {}))
+
+    def rates(self, job: str | None = None) -> dict[str, Any]:
+        """C1: `{window_s, jobs: [{id, name, rate, done, total, status}]}`."""
+        query = "?" + urlencode({"job": job}) if job is not None else ""
+        return self._call("GET", "/v1/rates" + query)
+
+    def job_stats(self, job: str) -> dict[str, Any]:
+        """C2: per-query processing time statistics (ms) of JOB."""
+        return self._call("GET", _job_path(job, "stats"))
+
+    def set_batch_size(self, job: str, n: int) -> dict[str, Any]:
+        """C3: `{job, previous}`; the new size applies from the next batch dispatched."""
+        return self._call("POST", _job_path(job, "batch-size"), {"batch_size": int(n)})
+
+    def job_results(
+        self,
+        job: str,
+        query: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        """C4: `{id, name, total, answered, results: [...]}` in dataset order."""
+        params: dict[str, str] = {}
+        if query is not None:
+            params["query"] = query
+        if limit is not None:
+            params["limit"] = str(limit)
+        if offset is not None:
+            params["offset"] = str(offset)
+        suffix = "?" + urlencode(params) if params else ""
+        return self._call("GET", _job_path(job, "results") + suffix)
+
+    def assignment(self) -> dict[str, Any]:
+        """C5: `{epoch, coordinator, standby, workers: {node: [job ids]}, jobs: [...]}`."""
+        return self._call("GET", "/v1/assignment")
+
+    def train(self, models: list[str]) -> dict[str, Any]:
+        """Load MODELS (none: every model) on every worker and measure cost per query."""
+        return self._call("POST", "/v1/train", {"models": list(models)}, TRAIN_TIMEOUT)
+
+    def control(self) -> dict[str, Any]:
+        """`{epoch, coordinator, standby, role}` as this node sees it."""
+        return self._call("GET", "/v1/control")
+
+
+FAILOVER_WAIT = 5.0  # how long job calls retry a 503 (no coordinator reachable yet)
+TRAIN_TIMEOUT = 120.0  # loading ResNet18 on every worker takes seconds
+
+
+def _job_path(job: str, action: str = "") -> str:
+    return "/v1/jobs/" + quote(job, safe="") + (f"/{action}" if action else "")
+
+
+def _job_object(out: dict[str, Any]) -> dict[str, Any]:
+    """The job object from a `{job: {...}}` answer (a bare job object is accepted too)."""
+    inner = out.get("job")
+    return inner if isinstance(inner, dict) else out
+
 
 UPLOAD_CHUNK = 1 << 20
 

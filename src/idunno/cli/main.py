@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from idunno import __version__
-from idunno.cli import model_cmds, store_cmds
+from idunno.cli import job_cmds, model_cmds, store_cmds
 from idunno.cli.options import add_cluster_options
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
@@ -134,12 +134,13 @@ def cmd_members(args: argparse.Namespace) -> int:
             m["id"] + (" (self)" if m["id"] == data["self"] else ""),
             m["address"],
             m["status"],
+            m.get("role") or "-",
             str(m["incarnation"]),
             format_time(m["changed_at"]),
         ]
         for m in data["members"]
     ]
-    print(table(["ID", "ADDRESS", "STATUS", "INCARNATION", "SINCE"], rows))
+    print(table(["ID", "ADDRESS", "STATUS", "ROLE", "INCARNATION", "SINCE"], rows))
     return 0
 
 
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cmds.register(add, _client)
     model_cmds.register_models(add, _client)
     model_cmds.register_datasets(add, _client)
+    job_cmds.register(add, _client)
 
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
     p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")

@@ -242,11 +242,32 @@ class Scheduler:
             job.vtime -= len(missing) / job.weight
         return batch
 
+    def record(self, batch: Batch) -> None:
+        """Apply a dispatch decided elsewhere (the standby mirroring its coordinator)."""
+        job = self._job(batch.job)
+        taken = set(batch.queries)
+        job.pending = deque(q for q in job.pending if q not in taken)
+        job.vtime += len(batch.queries) / job.weight
+        self.batches[batch.id] = batch
+        self._next_batch = max(self._next_batch, batch.id + 1)
+
+    def restore_done(self, job_id: str, done: Iterable[int]) -> None:
+        """Mark queries answered before a rebuild from durable state."""
+        job = self._job(job_id)
+        job.done.update(q for q in done if q in job.ids)
+        job.pending = deque(q for q in job.pending if q not in job.done)
+        if job.remaining == 0 and job.status == JobStatus.RUNNING:
+            job.status = JobStatus.DONE
+            job.finished_at = job.submitted_at
+
     def fail_worker(self, worker: str) -> list[Batch]:
         """Put every batch the worker held back at the front of its job's queue."""
         return [b for b in (self.requeue(b.id) for b in self.held_by(worker)) if b is not None]
 
     # --- views ----------------------------------------------------------------------------
+
+    def held_by_job(self, job_id: str) -> list[Batch]:
+        return [b for b in self.batches.values() if b.job == job_id]
 
     def assignment(self) -> dict[str, list[str]]:
         """worker -> the jobs of the batches it holds right now (course measurement 1a)."""
@@ -280,3 +301,53 @@ class Scheduler:
             },
             "in_flight": len(self.batches),
         }
+
+    def dump(self) -> dict[str, Any]:
+        """The whole state as plain data (`load` inverts it): a standby's starting point."""
+        return {
+            "next_batch": self._next_batch,
+            "jobs": [
+                {
+                    "id": j.id,
+                    "model": j.model,
+                    "weight": j.weight,
+                    "batch_size": j.batch_size,
+                    "total": j.total,
+                    "submitted_at": j.submitted_at,
+                    "pending": list(j.pending),
+                    "done": sorted(j.done),
+                    "ids": sorted(j.ids),
+                    "vtime": j.vtime,
+                    "status": j.status.value,
+                    "finished_at": j.finished_at,
+                }
+                for j in self.jobs.values()
+            ],
+            "batches": [
+                [b.id, b.job, b.model, b.worker, list(b.queries), b.dispatched_at]
+                for b in self.batches.values()
+            ],
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any], prefetch: int = 2) -> Scheduler:
+        s = cls(prefetch)
+        s._next_batch = int(data["next_batch"])
+        for j in data["jobs"]:
+            s.jobs[j["id"]] = Job(
+                j["id"],
+                j["model"],
+                float(j["weight"]),
+                int(j["batch_size"]),
+                int(j["total"]),
+                float(j["submitted_at"]),
+                deque(int(q) for q in j["pending"]),
+                {int(q) for q in j["done"]},
+                frozenset(int(q) for q in j["ids"]),
+                float(j["vtime"]),
+                JobStatus(j["status"]),
+                j["finished_at"],
+            )
+        for bid, job, model, worker, queries, t in data["batches"]:
+            s.batches[int(bid)] = Batch(int(bid), job, model, worker, tuple(queries), float(t))
+        return s

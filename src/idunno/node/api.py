@@ -61,6 +61,7 @@ def member_row(node: Node, m: Any) -> dict[str, Any]:
         "status": m.status.value,
         "incarnation": m.incarnation,
         "changed_at": round(shell.wall(m.changed_at), 3),
+        "role": node.control.role_of(m.name),
     }
 
 

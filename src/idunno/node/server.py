@@ -15,6 +15,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from idunno.control import api as control_api
+from idunno.control.fence import Fence
+from idunno.control.plane import ControlPlane
+from idunno.control.rpc import Rpc
+from idunno.inference import worker_api
+from idunno.inference.worker import WorkerService
 from idunno.membership.config import MembershipConfig
 from idunno.membership.core import MembershipCore
 from idunno.membership.messages import Status
@@ -48,6 +54,7 @@ class NodeOptions:
     faults: Faults = field(default_factory=Faults)
     store: StoreConfig = field(default_factory=StoreConfig)
     stderr_level: str = "info"
+    inference_threads: int = 1  # 0: this node takes no inference work
 
 
 class Node:
@@ -64,6 +71,8 @@ class Node:
         self._runner: web.AppRunner | None = None
         self.membership: MembershipShell  # set in start()
         self.store: StoreService  # set in start()
+        self.worker: WorkerService  # set in start()
+        self.control: ControlPlane  # set in start()
 
     def request_stop(self, leave: bool = True) -> None:
         self._leave_on_stop = leave
@@ -108,9 +117,24 @@ class Node:
         self.store = StoreService(
             opts.name, disk, self.live_view, Peers(self._session, opts.key), opts.store, self.log
         )
+        fence = Fence(opts.data_dir / "control" / "fence")
+        self.store.fence = fence
+        self.worker = WorkerService(
+            opts.name,
+            opts.data_dir / "cache",
+            self.store.read_bytes,
+            fence,
+            self.log,
+            threads=opts.inference_threads,
+        )
+        rpc = Rpc(self._session, opts.key)
+        self.control = ControlPlane(opts.name, self.store, rpc, self.live_view, fence, self.log)
         self.membership.listeners.append(lambda _change: self.store.kick())
+        self.membership.listeners.append(self.control.on_member_change)
         app = build_app(self, opts.key)
         store_api.add_routes(app, self.store)
+        worker_api.add_routes(app, self.worker)
+        control_api.add_routes(app, self.control)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:
@@ -121,6 +145,8 @@ class Node:
             await self._close()
             raise StartupError(_bind_error(opts.host, opts.port, exc)) from None
         self.store.start()
+        await self.worker.start()
+        self.control.start()
         self.log(
             "node_started",
             address=opts.advertise,
@@ -145,6 +171,8 @@ class Node:
         if self._leave_on_stop:
             self.log("node_leaving")
             await self.membership.leave()
+        await self.control.stop()
+        await self.worker.stop()
         await self.store.stop()
         await self.membership.stop()
         await self._close()

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from idunno.control.fence import StaleEpoch
 from idunno.store.disk import CHUNK, Conflict, Corrupt, StoreError, Tombstone, Version
 from idunno.store.names import InvalidName, validate
 from idunno.store.peers import PeerError
@@ -35,7 +36,7 @@ async def store_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(400, str(exc))
     except NotFound as exc:
         return _error(404, str(exc))
-    except (Conflict, Corrupt) as exc:
+    except (Conflict, Corrupt, StaleEpoch) as exc:
         return _error(409, str(exc))
     except (Unavailable, PeerError) as exc:
         return _error(503, str(exc))
@@ -258,7 +259,10 @@ def _version_of(body: dict[str, Any]) -> Version:
 async def i_commit(request: web.Request) -> web.Response:
     svc = request.app[STORE_KEY]
     b = await _json(request)
-    await svc.commit(str(b["name"]), str(b["upload"]), _version_of(b))
+    epoch = b.get("epoch")
+    await svc.commit(
+        str(b["name"]), str(b["upload"]), _version_of(b), int(epoch) if epoch is not None else None
+    )
     return web.json_response({})
 
 

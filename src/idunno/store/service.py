@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
+from idunno.control.fence import Fence, StaleEpoch
 from idunno.store import plan
 from idunno.store.disk import (
     CHUNK,
@@ -93,6 +94,7 @@ class StoreService:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_round: dict[str, Any] = {}
+        self.fence = Fence()  # the node replaces it with its persisted one
 
     # --- membership ---------------------------------------------------------------------
 
@@ -113,7 +115,11 @@ class StoreService:
 
     # --- gateway: put -------------------------------------------------------------------
 
-    async def put(self, name: str, source: AsyncIterator[bytes]) -> dict[str, Any]:
+    async def put(
+        self, name: str, source: AsyncIterator[bytes], epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Store a new version. With `epoch` (the coordinator's writes) every replica refuses the
+        commit if it has seen a newer coordinator epoch: a deposed coordinator writes nothing."""
         validate(name)
         live = self.live()
         self._need(len(live), "a put")
@@ -126,7 +132,7 @@ class StoreService:
         size, sha = sizes.pop()
         version = await self._assign_remote(name, live)
         v = Version(version, size, sha, time.time())
-        await self._commit_everywhere(name, upload, v, targets, live)
+        await self._commit_everywhere(name, upload, v, targets, live, epoch)
         self.log("file_put", file=name, version=version, size=size, replicas=targets)
         return {"name": name, **asdict(v), "replicas": targets}
 
@@ -170,18 +176,27 @@ class StoreService:
         return int(out["version"])
 
     async def _commit_everywhere(
-        self, name: str, upload: str, v: Version, targets: list[str], live: dict[str, str]
+        self,
+        name: str,
+        upload: str,
+        v: Version,
+        targets: list[str],
+        live: dict[str, str],
+        epoch: int | None,
     ) -> None:
-        body = {"name": name, "upload": upload, **asdict(v)}
+        body = {"name": name, "upload": upload, "epoch": epoch, **asdict(v)}
 
         async def one(target: str) -> None:
             if target == self.me:
-                await self.commit(name, upload, v)
+                await self.commit(name, upload, v, epoch)
             else:
                 await self.peers.call(live[target], "commit", body)
 
         results = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
         failed = [(t, r) for t, r in zip(targets, results, strict=True) if isinstance(r, Exception)]
+        for _, err in failed:
+            if isinstance(err, StaleEpoch) or "stale epoch" in str(err):
+                raise StaleEpoch(f"put of {name!r} refused: {err}")
         if failed:
             who, err = failed[0]
             raise Unavailable(
@@ -289,6 +304,56 @@ class StoreService:
         if held is not None:
             yield held
 
+    async def put_bytes(self, name: str, data: bytes, epoch: int | None = None) -> int:
+        """Store a small file held in memory; returns its version."""
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        out = await self.put(name, one(), epoch)
+        return int(out["version"])
+
+    async def names(self, prefix: str) -> list[str]:
+        """Names under `prefix` that have a live (not deleted) version on some live member."""
+        found: dict[str, int] = {}
+        tombs: dict[str, int] = {}
+        for inv in (await self.inventory_everywhere()).values():
+            for name, meta in inv.items():
+                if not name.startswith(prefix):
+                    continue
+                if meta.get("tombstone"):
+                    tombs[name] = max(tombs.get(name, 0), meta["tombstone"]["version"])
+                for v in meta["versions"]:
+                    found[name] = max(found.get(name, 0), v["version"])
+        return sorted(n for n, top in found.items() if top > tombs.get(n, 0))
+
+    async def read_bytes(self, name: str, version: int | None = None) -> tuple[Version, bytes]:
+        """A whole (small) file in memory, verified: our own copy if we hold it, else a holder's.
+        For models, shards and control files; large user files stream through the HTTP API."""
+        v, holders = await self.choose(name, version)
+        live = self.live()
+        last_error = "no live holder"
+        for holder in holders:
+            try:
+                if holder == self.me:
+                    data = b"".join([c async for c in self.local_chunks(name, v)])
+                else:
+                    addr = live.get(holder)
+                    if addr is None:
+                        continue
+                    resp = await self.peers.open_blob(addr, name, v.version)
+                    try:
+                        data = await resp.read()
+                    finally:
+                        resp.release()
+            except (Corrupt, PeerError, OSError) as exc:
+                last_error = str(exc)
+                continue
+            if len(data) == v.size and hashlib.sha256(data).hexdigest() == v.sha256:
+                return v, data
+            last_error = f"{holder} sent bytes that fail the sha256 check"
+        raise Unavailable(f"no replica of {name!r} v{v.version} could be read ({last_error})")
+
     async def _corrupt(self, name: str, v: Version, why: str) -> None:
         self.log("corrupt_copy", level="warning", file=name, version=v.version, detail=why)
         await asyncio.to_thread(self.disk.discard_version, name, v.version)
@@ -389,8 +454,10 @@ class StoreService:
                 del self._staged[upload]
                 self.disk.cleanup_tmp(staged.path)
 
-    async def commit(self, name: str, upload: str, v: Version) -> None:
+    async def commit(self, name: str, upload: str, v: Version, epoch: int | None = None) -> None:
         validate(name)
+        if epoch is not None:
+            self.fence.admit(epoch)
         entry = self._staged.pop(upload, None)
         if entry is None:
             raise NotFound(f"upload {upload[:8]} of {name!r} is not staged here: retry the put")

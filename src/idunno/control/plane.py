@@ -1,0 +1,411 @@
+"""Every node's control plane: follows the current reign, stands by when named standby, and
+takes over as coordinator when `roles.choose_coordinator` picks it.
+
+Failover paths:
+- hot: the standby holds the mirrored state; it watches the coordinator over a long-lived HTTP
+  stream, and when that stream breaks and the coordinator's port refuses connections (the
+  process is gone), it takes over at once instead of waiting for the failure detector;
+- cold: when the coordinator and the standby are both gone, the node the rule picks rebuilds
+  from the store (job specs and flushed results); unflushed results are simply run again.
+Either way the new coordinator first claims an epoch (a put of `_control/epoch`; the version
+the store assigns is the epoch) and announces it to every live node, whose fences then refuse
+the old reign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from idunno.control import durable, roles
+from idunno.control.coordinator import Coordinator
+from idunno.control.fence import Fence, StaleEpoch
+from idunno.control.mirror import MirrorLink
+from idunno.control.roles import Reign
+from idunno.control.rpc import Rpc, RpcError
+from idunno.control.scheduler import JobStatus
+from idunno.control.state import ControlState, JobSpec
+from idunno.membership.core import MemberChanged
+from idunno.membership.messages import Status
+from idunno.store.service import NotFound
+
+REIGN_PATH = "/v1/internal/control/reign"
+WATCH_PATH = "/v1/internal/control/watch"
+STEP_S = 0.25  # how often the rule is re-evaluated without any event
+ANNOUNCE_TIMEOUT_S = 1.0
+WATCH_BEAT_S = 0.3
+PRESUMED_DEAD_S = 10.0  # long enough for membership to confirm it
+
+LogFn = Callable[..., None]
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        me: str,
+        store: Any,  # StoreService
+        rpc: Rpc,
+        live: Callable[[], dict[str, str]],
+        fence: Fence,
+        log: LogFn,
+    ) -> None:
+        self.me = me
+        self.store = store
+        self.rpc = rpc
+        self._live = live
+        self.fence = fence
+        self.log = log
+        self.reign: Reign | None = None
+        self.coordinator: Coordinator | None = None
+        self.mirror_state: ControlState | None = None
+        self.mirror_epoch = 0
+        self._presumed_dead: dict[str, float] = {}
+        self._epoch_read = False
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="control-plane")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in (self._task, self._watch):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(
+            *(t for t in (self._task, self._watch) if t is not None), return_exceptions=True
+        )
+        await self._step_down("node stopping")
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def on_member_change(self, change: MemberChanged) -> None:
+        if change.new in (Status.FAILED, Status.LEFT):
+            if self.coordinator is not None:
+                self.coordinator.worker_failed(change.name)
+        elif change.new == Status.ALIVE and self.coordinator is not None:
+            self.coordinator.pump()  # a new worker: give it work (it trains first)
+        self.kick()
+
+    # --- views -----------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self.coordinator is not None
+
+    def live(self) -> dict[str, str]:
+        now = time.monotonic()
+        for name, until in list(self._presumed_dead.items()):
+            if until < now:
+                del self._presumed_dead[name]
+        return {n: a for n, a in self._live().items() if n not in self._presumed_dead}
+
+    def role_of(self, member: str) -> str:
+        return roles.role_of(member, self.reign, self.live())
+
+    def coordinator_addr(self) -> str | None:
+        if self.reign is None:
+            return None
+        return self.live().get(self.reign.coordinator)
+
+    # --- the rule --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), STEP_S)
+            self._kick.clear()
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad round must not end the control plane
+                self.log("control_step_failed", level="warning", detail=str(exc)[:300])
+                await asyncio.sleep(0.5)
+
+    async def _step(self) -> None:
+        live = self.live()
+        if not self._epoch_read:
+            await self._read_epoch_file()
+            if not self._epoch_read:
+                return
+        if self.coordinator is not None:
+            await self._keep_standby(live)
+            return
+        if roles.choose_coordinator(self.reign, live) == self.me:
+            await self._claim(live)
+        elif self.reign is not None and self.reign.standby == self.me:
+            self._ensure_watch()
+
+    async def _read_epoch_file(self) -> None:
+        try:
+            v, data = await self.store.read_bytes(durable.EPOCH_FILE, None)
+        except NotFound:
+            self._epoch_read = True
+            return
+        except Exception:  # too few nodes for the store yet: try again next round
+            return
+        doc = json.loads(data)
+        self._adopt(Reign(v.version, str(doc["coordinator"]), doc.get("standby")))
+        self._epoch_read = True
+
+    def _adopt(self, reign: Reign) -> None:
+        self.reign = roles.newer(self.reign, reign)
+
+    async def _claim(self, live: dict[str, str]) -> None:
+        previous = self.reign
+        standby = roles.choose_standby(previous, self.me, live)
+        doc = {"coordinator": self.me, "standby": standby, "claimed_at": time.time()}
+        try:
+            epoch = await self.store.put_bytes(durable.EPOCH_FILE, durable.dump_json(doc))
+        except Exception as exc:
+            self.log("claim_failed", level="warning", detail=str(exc)[:300])
+            return
+        try:
+            self.fence.admit(epoch)
+        except StaleEpoch:
+            return  # a newer reign started meanwhile: follow it
+        hot = (
+            self.mirror_state is not None
+            and previous is not None
+            and previous.standby == self.me
+            and self.mirror_epoch == previous.epoch
+        )
+        t0 = time.monotonic()
+        state = self.mirror_state if hot and self.mirror_state is not None else None
+        if state is None:
+            state = await self._rebuild()
+        self.mirror_state = None
+        reign = Reign(epoch, self.me, standby)
+        self.reign = reign
+        mirror = MirrorLink(self.rpc, epoch, state.snapshot, self.log)
+        self.coordinator = Coordinator(
+            self.me,
+            epoch,
+            state,
+            self.store,
+            self.rpc,
+            self.live,
+            mirror,
+            self.log,
+            self._deposed,
+        )
+        await self._announce(reign)
+        mirror.set_target(standby, live.get(standby) if standby else None)
+        # Batches dispatched by the previous reign answer to a dead connection: requeue them.
+        # Applied directly: the new standby starts from a snapshot that includes them.
+        stale = list(state.scheduler.batches)
+        for b in stale:
+            state.apply({"op": "requeue", "batch": b})
+        self.coordinator.start()
+        self.log(
+            "coordinator_elected",
+            epoch=epoch,
+            takeover="hot" if hot else "cold",
+            previous=previous.coordinator if previous else None,
+            standby=standby,
+            jobs=len(state.books),
+            requeued=len(stale),
+            took_ms=round((time.monotonic() - t0) * 1000, 1),
+        )
+        if hot:
+            self.coordinator.spawn(self._reconcile(), "reconcile")
+
+    async def _keep_standby(self, live: dict[str, str]) -> None:
+        assert self.coordinator is not None and self.reign is not None
+        standby = roles.choose_standby(self.reign, self.me, live)
+        if standby != self.reign.standby:
+            self.reign = Reign(self.reign.epoch, self.me, standby)
+            await self._announce(self.reign)
+            self.log("standby_chosen", standby=standby, epoch=self.reign.epoch)
+        target = self.coordinator.mirror.target
+        addr = live.get(standby) if standby else None
+        if target != ((standby, addr) if standby and addr else None):
+            self.coordinator.mirror.set_target(standby, addr)
+
+    async def _announce(self, reign: Reign) -> None:
+        body = reign.to_json()
+        live = self.live()
+
+        async def one(addr: str) -> None:
+            try:
+                await self.rpc.call(addr, REIGN_PATH, body, ANNOUNCE_TIMEOUT_S)
+            except RpcError as exc:
+                if exc.status == 409:
+                    self._deposed(str(exc))
+
+        await asyncio.gather(*(one(a) for n, a in live.items() if n != self.me))
+
+    def _deposed(self, why: str) -> None:
+        if self.coordinator is not None:
+            self.log(
+                "coordinator_deposed",
+                level="warning",
+                epoch=self.coordinator.epoch,
+                detail=why[:300],
+            )
+            task = asyncio.ensure_future(self._step_down(why))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self._epoch_read = False  # learn who leads now
+
+    async def _step_down(self, why: str) -> None:
+        coordinator, self.coordinator = self.coordinator, None
+        if coordinator is not None:
+            await coordinator.stop()
+
+    # --- rebuilding from the store ---------------------------------------------------------
+
+    async def _rebuild(self) -> ControlState:
+        state = ControlState()
+        for spec, status, batch_size, results in await self._durable_jobs():
+            state.restore(spec, results, status)
+            if state.scheduler.jobs[spec.id].status == JobStatus.RUNNING:
+                state.scheduler.set_batch_size(spec.id, batch_size)
+        return state
+
+    async def _durable_jobs(self) -> list[tuple[JobSpec, str, int, list[dict[str, Any]]]]:
+        names = await self.store.names(durable.JOBS_PREFIX)
+        segments = await self.store.names("jobs/")
+        out = []
+        for job_id in durable.job_ids(names):
+            _, data = await self.store.read_bytes(durable.spec_file(job_id), None)
+            doc = json.loads(data)
+            results: list[dict[str, Any]] = []
+            for seg in durable.segments_of(job_id, segments):
+                _, raw = await self.store.read_bytes(seg, None)
+                results.extend(durable.decode_segment(raw))
+            out.append(
+                (JobSpec.from_json(doc), str(doc["status"]), int(doc["batch_size"]), results)
+            )
+        return out
+
+    async def _reconcile(self) -> None:
+        """After a hot takeover: pick up durable changes the standby may have missed (a job
+        acknowledged while the mirror link was down, a cancel, a batch-size change)."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return
+        missing: list[str] = []
+        try:
+            names = await self.store.names(durable.JOBS_PREFIX)
+            missing = [j for j in durable.job_ids(names) if j not in coordinator.state.books]
+            for job_id in list(coordinator.state.books) + missing:
+                _, data = await self.store.read_bytes(durable.spec_file(job_id), None)
+                doc = json.loads(data)
+                if job_id in missing:
+                    segments = await self.store.names(durable.results_prefix(job_id))
+                    results: list[dict[str, Any]] = []
+                    for seg in segments:
+                        _, raw = await self.store.read_bytes(seg, None)
+                        results.extend(durable.decode_segment(raw))
+                    coordinator.state.restore(JobSpec.from_json(doc), results, doc["status"])
+                    self.log("job_recovered", job=job_id)
+                    continue
+                job = coordinator.state.scheduler.jobs[job_id]
+                if doc["status"] == "cancelled" and job.status == JobStatus.RUNNING:
+                    await coordinator.commit([{"op": "cancel", "job": job_id, "t": time.time()}])
+                elif job.status == JobStatus.RUNNING and job.batch_size != doc["batch_size"]:
+                    await coordinator.commit(
+                        [{"op": "batch_size", "job": job_id, "n": int(doc["batch_size"])}]
+                    )
+        except Exception as exc:
+            self.log("reconcile_failed", level="warning", detail=str(exc)[:300])
+        if missing:
+            coordinator.mirror.resync()  # restores are not ops: the standby needs a snapshot
+        coordinator.pump()
+
+    # --- follower side ---------------------------------------------------------------------
+
+    def receive_reign(self, body: dict[str, Any]) -> dict[str, Any]:
+        reign = Reign.from_json(body)
+        self.fence.admit(reign.epoch)  # StaleEpoch -> 409
+        if self.coordinator is not None and reign.epoch > self.coordinator.epoch:
+            self._deposed(f"epoch {reign.epoch} announced by {reign.coordinator}")
+        self._adopt(reign)
+        self._epoch_read = True
+        self.kick()
+        return {"epoch": self.fence.epoch}
+
+    def receive_mirror(self, body: dict[str, Any]) -> dict[str, Any]:
+        epoch = int(body["epoch"])
+        self.fence.admit(epoch)
+        if "snapshot" in body:
+            self.mirror_state = ControlState.from_snapshot(body["snapshot"])
+            self.mirror_epoch = epoch
+            return {"applied": self.mirror_state.applied}
+        state = self.mirror_state
+        if state is None or self.mirror_epoch != epoch or int(body["first"]) != state.applied:
+            raise StaleEpoch("standby out of sync: send a snapshot")
+        for op in body["ops"]:
+            state.apply(op)
+        return {"applied": state.applied}
+
+    def _ensure_watch(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_coordinator(), name="watch")
+
+    async def _watch_coordinator(self) -> None:
+        """Hold a stream open to the coordinator; if it breaks and the coordinator's port
+        refuses connections, its process is gone: take over without waiting for membership."""
+        while not self._stopping and self.reign is not None and self.reign.standby == self.me:
+            reign = self.reign
+            addr = self._live().get(reign.coordinator)
+            if addr is None or reign.coordinator in self._presumed_dead:
+                return
+            try:
+                async with self.rpc.session.get(
+                    f"http://{addr}{WATCH_PATH}?epoch={reign.epoch}",
+                    headers=self.rpc.headers(),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_BEAT_S * 10),
+                ) as r:
+                    if r.status != 200:
+                        await asyncio.sleep(0.5)
+                        continue
+                    async for _ in r.content.iter_any():
+                        pass
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            if await _refuses_connections(addr):
+                self.log(
+                    "coordinator_gone",
+                    level="warning",
+                    coordinator=reign.coordinator,
+                    epoch=reign.epoch,
+                )
+                self._presumed_dead[reign.coordinator] = time.monotonic() + PRESUMED_DEAD_S
+                self.kick()
+                return
+            await asyncio.sleep(0.2)
+
+    async def watch_stream(self, writer: Callable[[bytes], Any], epoch: int) -> None:
+        """The coordinator's side of the watch: a beat every WATCH_BEAT_S while it leads."""
+        while self.coordinator is not None and self.coordinator.epoch == epoch:
+            await writer(b".")
+            await asyncio.sleep(WATCH_BEAT_S)
+
+
+async def _refuses_connections(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 0.5)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+    return False

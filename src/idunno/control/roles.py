@@ -1,0 +1,75 @@
+"""Who coordinates (pure): every node runs the same rule on its own view.
+
+The reign a node knows of is the newest `Reign` it has heard (announcements and the store file
+`_control/epoch` both carry one). The rule is sticky, so a joining node never unseats a healthy
+coordinator:
+1. the reign's coordinator while it is live;
+2. else the reign's standby while it is live (it holds the mirrored state: a hot takeover);
+3. else the first live node by rendezvous rank of "idunno/coordinator" (a cold takeover that
+   rebuilds from the store).
+The standby is the reign's standby while live, else the best-ranked other live node.
+A node acts on the rule only by claiming a new epoch (a store put whose version *is* the epoch),
+so two nodes with different views at worst claim two distinct epochs, and the newer one wins
+everywhere the fence has seen it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from idunno.store.placement import rank
+
+ROLE_KEY = "idunno/coordinator"
+
+
+@dataclass(frozen=True, slots=True)
+class Reign:
+    epoch: int
+    coordinator: str
+    standby: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "coordinator": self.coordinator, "standby": self.standby}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Reign:
+        standby = obj.get("standby")
+        return cls(int(obj["epoch"]), str(obj["coordinator"]), str(standby) if standby else None)
+
+
+def newer(a: Reign | None, b: Reign | None) -> Reign | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.epoch >= b.epoch else b
+
+
+def choose_coordinator(reign: Reign | None, live: Collection[str]) -> str | None:
+    if reign is not None:
+        if reign.coordinator in live:
+            return reign.coordinator
+        if reign.standby is not None and reign.standby in live:
+            return reign.standby
+    ranked = rank(ROLE_KEY, live)
+    return ranked[0] if ranked else None
+
+
+def choose_standby(reign: Reign | None, coordinator: str, live: Collection[str]) -> str | None:
+    others = [m for m in live if m != coordinator]
+    if reign is not None and reign.standby in others:
+        return reign.standby
+    ranked = rank(ROLE_KEY, others)
+    return ranked[0] if ranked else None
+
+
+def role_of(member: str, reign: Reign | None, live: Collection[str]) -> str:
+    """coordinator, standby or worker, as this view sees the current reign."""
+    if reign is not None and reign.coordinator in live:
+        if member == reign.coordinator:
+            return "coordinator"
+        if member == reign.standby:
+            return "standby"
+    return "worker"

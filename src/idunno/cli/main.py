@@ -103,6 +103,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     cfg = preset(args.preset)
     if args.replicas < 1 or args.keep_versions < 1:
         raise UsageError("--replicas and --keep-versions must be at least 1")
+    if not 0 <= args.inference_threads <= 64:
+        raise UsageError("--inference-threads must be from 0 (no inference work) to 64")
     opts = NodeOptions(
         name=name,
         host=host,
@@ -116,6 +118,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         faults=Faults(drop=args.fault_drop),
         store=StoreConfig(replicas=args.replicas, keep_versions=args.keep_versions),
         stderr_level=args.log_level,
+        inference_threads=args.inference_threads,
     )
     try:
         asyncio.run(Node(opts).run())
@@ -291,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         metavar="K",
         help="versions kept per file (default 5)",
+    )
+    p.add_argument(
+        "--inference-threads",
+        type=int,
+        default=1,
+        metavar="T",
+        help="ONNX Runtime intra-op threads of this node's worker (default 1; 0: takes no jobs)",
     )
     p.add_argument("--fault-drop", type=float, default=0.0, help=argparse.SUPPRESS)
 

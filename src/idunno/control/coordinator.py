@@ -523,6 +523,7 @@ def _public_result(r: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
         "processing_ms": r["processing_ms"],
         "epoch": r["epoch"],
         "batch": r["batch"],
+        "accepted_at": r["t"],
     }
 
 

@@ -326,6 +326,35 @@ def test_stale_epochs_are_refused_and_the_fence_advances(
     assert Fence(tmp_path / "fence0").epoch == 7  # persisted: a restarted node still refuses 5
 
 
+@pytest.mark.process
+def test_a_new_coordinator_collects_a_run_the_old_one_sent(
+    make_worker: MakeWorker, runner: asyncio.Runner, shards: list[dict[str, Any]]
+) -> None:
+    """The reply of a batch whose coordinator died is kept for its successor, which collects
+    it with its own (newer) epoch instead of running the batch again."""
+    worker, _, _ = make_worker()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        sender = asyncio.ensure_future(worker.run(run_request([3, 1, 2], shards, batch=41)))
+        await asyncio.sleep(0)  # the run is registered; the old coordinator now "dies"
+        sender.cancel()
+        collected = await worker.collect({"epoch": 2, "batch": 41, "job": "job-1"})
+        again = await worker.collect({"epoch": 2, "batch": 41, "job": "job-1"})
+        return collected, again
+
+    collected, again = runner.run(scenario())
+    assert [r["q"] for r in collected["results"]] == [3, 1, 2]
+    assert collected["epoch"] == 1 and collected["batch"] == 41
+    assert again == collected
+    assert worker.status()["fence"] == 2
+    with pytest.raises(KeyError, match="no run of batch 42"):
+        runner.run(worker.collect({"epoch": 2, "batch": 42, "job": "job-1"}))
+    with pytest.raises(KeyError):  # the id exists but for another job
+        runner.run(worker.collect({"epoch": 2, "batch": 41, "job": "job-2"}))
+    with pytest.raises(StaleEpoch):
+        runner.run(worker.collect({"epoch": 1, "batch": 41, "job": "job-1"}))
+
+
 # --- shards -----------------------------------------------------------------------------------
 
 
@@ -453,6 +482,28 @@ def test_executor_death_fails_its_batches_and_a_fresh_one_takes_over(
     reply = runner.run(worker.run(run_request([6], shards)))
     assert reply["results"][0]["error"] is None
     assert worker.status()["executor_pid"] not in (None, first_pid, second_pid)
+
+
+@pytest.mark.process
+def test_stop_fails_batches_in_flight_and_leaves_nothing_running(
+    make_worker: MakeWorker, runner: asyncio.Runner, shards: list[dict[str, Any]]
+) -> None:
+    worker, store, _ = make_worker()
+    shard0 = catalog.shard_file(DATASET, shards[0]["name"])
+
+    async def stop_during_a_fetch() -> None:
+        store.gate = asyncio.Event()
+        run = asyncio.create_task(worker.run(run_request([1], shards)))
+        await wait_until(lambda: store.count(shard0) == 1, "the batch under way")
+        await worker.stop()
+        with pytest.raises(WorkerUnavailable, match="stopped"):
+            await run
+        assert worker.status()["executor_pid"] is None
+        with pytest.raises(WorkerUnavailable, match="not running"):
+            await worker.run(run_request([1], shards))
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    runner.run(stop_during_a_fetch())
 
 
 # --- bad requests, a worker that takes no work ------------------------------------------------

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +182,13 @@ def start_cluster(
     timeout: float = 30.0,
     extra: Sequence[str] = (),
     handles: list[subprocess.Popen[bytes]] | None = None,
+    node_extra: Mapping[str, Sequence[str]] | None = None,
 ) -> list[NodeProc]:
     """Start n nodes and return once all of them see each other alive.
 
     `handles`, if given, receives each node's Popen so a long-lived caller can reap them.
+    `node_extra` maps a node's name ("n1".."nN") to arguments given to that node only, after
+    `extra` (e.g. {"n5": ["--inference-threads", "0"]}).
     """
     if n < 1:
         raise ClusterError(f"--nodes must be at least 1, got {n}")
@@ -215,7 +218,8 @@ def start_cluster(
         data_dir = directory / "nodes" / name
         # Any earlier node can introduce a newcomer: no single introducer.
         seeds = addresses[max(0, i - 3) : i]
-        proc = spawn_node(name, addr, seeds, data_dir, key_file, preset, extra)
+        own = tuple(extra) + tuple((node_extra or {}).get(name, ()))
+        proc = spawn_node(name, addr, seeds, data_dir, key_file, preset, own)
         procs.append(proc)
         if handles is not None:
             handles.append(proc)

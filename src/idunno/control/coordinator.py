@@ -25,6 +25,7 @@ from idunno.inference import catalog
 from idunno.store.service import NotFound
 
 RUN_PATH = "/v1/internal/work/run"
+COLLECT_PATH = "/v1/internal/work/collect"
 LOAD_PATH = "/v1/internal/work/load"
 FLUSH_INTERVAL_S = 1.0
 RUN_TIMEOUT_S = 120.0  # backstop only: failures are found by the connection or by membership
@@ -79,6 +80,7 @@ class Coordinator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()  # one op sequence at a time, in order
         self._seq = 0
+        self._done_logged: set[str] = set()
         self._names = 0
         self.started_at = time.time()
 
@@ -350,45 +352,62 @@ class Coordinator:
         for b in batches:
             self._running[b.id] = asyncio.ensure_future(self._run(b))
 
-    async def _run(self, batch: Batch) -> None:
+    async def _run(self, batch: Batch, adopt: bool = False) -> None:
+        """Send a batch (or, for a batch the previous reign sent, collect its reply from the
+        worker) and account for the answer."""
         spec = self.state.books[batch.job].spec
         addr = self.live().get(batch.worker)
         try:
             if addr is None:
                 raise RpcError(f"{batch.worker} is not live")
-            request = {
-                "epoch": self.epoch,
-                "batch": batch.id,
-                "job": batch.job,
-                "model": spec.model_ref(),
-                "dataset": spec.dataset,
-                "shards": _shards_for(spec, batch.queries),
-                "queries": list(batch.queries),
-                "top_k": TOP_K,
-            }
-            reply = await self.rpc.call(addr, RUN_PATH, request, RUN_TIMEOUT_S)
+            if adopt:
+                request: dict[str, Any] = {"epoch": self.epoch, "batch": batch.id, "job": batch.job}
+                reply = await self.rpc.call(addr, COLLECT_PATH, request, RUN_TIMEOUT_S)
+            else:
+                request = {
+                    "epoch": self.epoch,
+                    "batch": batch.id,
+                    "job": batch.job,
+                    "model": spec.model_ref(),
+                    "dataset": spec.dataset,
+                    "shards": _shards_for(spec, batch.queries),
+                    "queries": list(batch.queries),
+                    "top_k": TOP_K,
+                }
+                reply = await self.rpc.call(addr, RUN_PATH, request, RUN_TIMEOUT_S)
         except RpcError as exc:
             self._running.pop(batch.id, None)
             if exc.status == 409:
                 self._deposed(str(exc))
-                return
-            self._excluded[batch.worker] = time.monotonic() + EXCLUDE_S
-            self.log(
-                "batch_requeued",
-                level="warning",
-                batch=batch.id,
-                job=batch.job,
-                worker=batch.worker,
-                detail=str(exc),
-            )
-            if exc.status == 503 and "no inference work" in str(exc):
-                self.disabled.add(batch.worker)
-            await self.commit([{"op": "requeue", "batch": batch.id}])
-            self.pump()
+            elif exc.status == 400 and not adopt:
+                # The worker cannot ever run it (e.g. a damaged shard): answer with the error.
+                await self._accept(batch, spec, _error_reply(batch, spec, str(exc)))
+            else:
+                await self._requeue(batch, exc)
             return
         self._running.pop(batch.id, None)
+        await self._accept(batch, spec, reply)
+
+    async def _requeue(self, batch: Batch, exc: RpcError) -> None:
+        if exc.unreachable:
+            self._excluded[batch.worker] = time.monotonic() + EXCLUDE_S
+        if exc.status == 503 and "no inference work" in str(exc):
+            self.disabled.add(batch.worker)
+        self.log(
+            "batch_requeued",
+            level="warning",
+            batch=batch.id,
+            job=batch.job,
+            worker=batch.worker,
+            detail=str(exc),
+        )
+        await self.commit([{"op": "requeue", "batch": batch.id}])
+        self.pump()
+
+    async def _accept(self, batch: Batch, spec: JobSpec, reply: dict[str, Any]) -> None:
         per_query_ms = float(reply.get("per_query_s", 0.0)) * 1000
         now = time.time()
+        epoch = int(reply.get("epoch", self.epoch))
         results = [
             {
                 "q": int(r["q"]),
@@ -399,17 +418,17 @@ class Coordinator:
                 "error": r.get("error"),
                 "worker": batch.worker,
                 "processing_ms": per_query_ms,
-                "epoch": self.epoch,
+                "epoch": epoch,
                 "batch": batch.id,
                 "t": now,
             }
             for r in reply.get("results", [])
         ]
-        await self.commit(
-            [{"op": "complete", "batch": batch.id, "job": batch.job, "results": results, "t": now}]
-        )
+        op = {"op": "complete", "batch": batch.id, "job": batch.job, "results": results, "t": now}
+        await self.commit([op])
         job = self.state.scheduler.jobs[batch.job]
-        if job.status == JobStatus.DONE and job.finished_at is not None:
+        if job.status == JobStatus.DONE and batch.job not in self._done_logged:
+            self._done_logged.add(batch.job)
             self.log(
                 "job_done",
                 job=batch.job,
@@ -418,6 +437,15 @@ class Coordinator:
                 errors=self.state.books[batch.job].errors,
             )
         self.pump()
+
+    def adopt(self, batch_ids: Iterable[int]) -> None:
+        """Collect the replies of batches the previous reign sent (a hot takeover): the
+        workers finish them anyway, so nothing is run twice; a worker that does not have
+        one, or cannot be reached, gets it requeued."""
+        for batch_id in batch_ids:
+            batch = self.state.scheduler.batches.get(batch_id)
+            if batch is not None:
+                self._running[batch_id] = asyncio.ensure_future(self._run(batch, adopt=True))
 
     def worker_failed(self, worker: str) -> None:
         """Membership marked `worker` failed (or it left): requeue everything it held."""
@@ -524,6 +552,13 @@ def _public_result(r: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
         "epoch": r["epoch"],
         "batch": r["batch"],
         "accepted_at": r["t"],
+    }
+
+
+def _error_reply(batch: Batch, spec: JobSpec, error: str) -> dict[str, Any]:
+    return {
+        "results": [{"q": q, "id": spec.item_ids[q], "error": error} for q in batch.queries],
+        "per_query_s": 0.0,
     }
 
 

@@ -40,7 +40,8 @@ WATCH_PATH = "/v1/internal/control/watch"
 STEP_S = 0.25  # how often the rule is re-evaluated without any event
 ANNOUNCE_TIMEOUT_S = 1.0
 WATCH_BEAT_S = 0.3
-PRESUMED_DEAD_S = 10.0  # long enough for membership to confirm it
+PRESUMED_DEAD_S = 10.0
+BATCH_ID_BITS = 32  # long enough for membership to confirm it
 
 LogFn = Callable[..., None]
 
@@ -204,12 +205,13 @@ class ControlPlane:
         )
         await self._announce(reign)
         mirror.set_target(standby, live.get(standby) if standby else None)
-        # Batches dispatched by the previous reign answer to a dead connection: requeue them.
-        # Applied directly: the new standby starts from a snapshot that includes them.
+        # Batch ids carry the epoch in their high bits, so no two reigns reuse one.
+        state.scheduler.number_from(epoch << BATCH_ID_BITS)
+        # Batches the previous reign sent are still running on their workers: a hot takeover
+        # collects their replies; a cold one knows none (its state has no batches in flight).
         stale = list(state.scheduler.batches)
-        for b in stale:
-            state.apply({"op": "requeue", "batch": b})
         self.coordinator.start()
+        self.coordinator.adopt(stale)
         self.log(
             "coordinator_elected",
             epoch=epoch,
@@ -217,7 +219,7 @@ class ControlPlane:
             previous=previous.coordinator if previous else None,
             standby=standby,
             jobs=len(state.books),
-            requeued=len(stale),
+            adopted=len(stale),
             took_ms=round((time.monotonic() - t0) * 1000, 1),
         )
         if hot:

@@ -242,6 +242,10 @@ class Scheduler:
             job.vtime -= len(missing) / job.weight
         return batch
 
+    def number_from(self, first: int) -> None:
+        """Number the next batches from `first` on (if that is higher than the next one)."""
+        self._next_batch = max(self._next_batch, first)
+
     def record(self, batch: Batch) -> None:
         """Apply a dispatch decided elsewhere (the standby mirroring its coordinator)."""
         job = self._job(batch.job)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import itertools
 import os
@@ -53,6 +54,7 @@ ReadFile = Callable[[str, int | None], Awaitable[tuple[Any, bytes]]]
 LogFn = Callable[..., None]
 
 MAX_TOP_K: Final = 1000
+RUN_MEMORY_S: Final = 60.0
 DEFAULT_CACHE_BYTES: Final = 256 << 20
 _ITEM_OVERHEAD: Final = 64  # bytes a cached item costs beyond its id and data, roughly
 
@@ -255,20 +257,30 @@ class WorkerService:
         self._cache_size = 0
         self._fetching: dict[tuple[str, str, int], asyncio.Task[_Shard]] = {}
         self._running = 0
+        self._warming: asyncio.Task[None] | None = None
+        # batch id -> (job, its run, when it finished): kept RUN_MEMORY_S for `collect`
+        self._runs: dict[int, tuple[str, asyncio.Future[dict[str, Any]], float | None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Spawn the executor (nothing for a node that takes no inference work)."""
+        """Spawn the executor in the background (a node starts serving at once; the first
+        load or run waits for it). Nothing for a node that takes no inference work."""
         self._started = True
         if self.enabled:
+            self._warming = asyncio.create_task(self._warm_up(), name="executor-start")
+
+    async def _warm_up(self) -> None:
+        with contextlib.suppress(WorkerUnavailable):
             await self._current()
 
     async def stop(self) -> None:
         """Close the executor (runs in flight get WorkerUnavailable) and cancel shard fetches."""
         self._stopped = True
-        for task in list(self._fetching.values()):
+        for task in [*self._fetching.values(), *([self._warming] if self._warming else [])]:
             task.cancel()
+        if self._warming is not None:
+            await asyncio.gather(self._warming, return_exceptions=True)
         async with self._spawn_lock:
             ex, self._executor = self._executor, None
             self._loaded.clear()
@@ -362,10 +374,13 @@ class WorkerService:
             path = self.cache_dir / "models" / f"{spec.name}-v{spec.version}.onnx"
             await asyncio.to_thread(_write_atomic, path, data)
             try:
-                report = _report(spec.version, await ex.load(spec.name, path, spec.preprocess))
+                report = _report(
+                    spec.version, await ex.load(_session_key(spec), path, spec.preprocess)
+                )
             except ModelError as exc:
                 self._failed[spec] = f"model {spec.name} v{spec.version}: {exc}"
                 self._loaded.pop(spec.name, None)
+                path.unlink(missing_ok=True)
                 raise ModelError(self._failed[spec]) from None
             old = self._files.get(spec.name)
             self._files[spec.name] = path
@@ -395,7 +410,13 @@ class WorkerService:
                 self._fetching[key] = task
                 task.add_done_callback(lambda t: self._fetched(key, t))
             # Shielded: one waiter giving up must not cancel the fetch for the others.
-            got = await asyncio.shield(task)
+            try:
+                got = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise  # this run itself was cancelled
+                raise WorkerUnavailable(f"the worker on node {self.me} stopped") from None
         label = f"shard {shard.name} v{shard.version} of dataset {dataset!r}"
         if got.sha256 != shard.sha256:
             raise CatalogError(
@@ -459,7 +480,54 @@ class WorkerService:
         top_k = _int(req, "top_k", "request", lo=1, hi=MAX_TOP_K)
         queries = _queries(_field(req, "queries", "request"), _shard_specs(req.get("shards")))
         self.fence.admit(epoch)  # only a well-formed request may advance the fence
+        # The run is a task of its own, remembered by batch id: if the coordinator that sent it
+        # dies, the run still finishes and its successor collects the reply (`collect`).
+        job = str(req["job"])
+        task = asyncio.ensure_future(
+            self._run(started, epoch, batch, spec, dataset, top_k, queries)
+        )
+        self._remember(batch, job, task)
+        return await asyncio.shield(task)
 
+    def _remember(self, batch: int, job: str, task: asyncio.Future[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        for old, (_, _, finished) in list(self._runs.items()):
+            if finished is not None and finished < now - RUN_MEMORY_S:
+                del self._runs[old]
+        self._runs[batch] = (job, task, None)
+
+        def done(t: asyncio.Future[dict[str, Any]]) -> None:
+            if not t.cancelled():
+                t.exception()  # retrieved here so an uncollected failure is not reported
+            entry = self._runs.get(batch)
+            if entry is not None and entry[1] is t:
+                self._runs[batch] = (job, t, time.monotonic())
+
+        task.add_done_callback(done)
+
+    async def collect(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply of a batch sent by an earlier coordinator (waiting for it if it still
+        runs). KeyError if this worker has no such run (never got it, or forgot it)."""
+        req = _map(request, "request")
+        epoch = _epoch(_field(req, "epoch", "request"))
+        batch = _int(req, "batch", "request")
+        job = _str(req, "job", "request")
+        self.fence.admit(epoch)
+        entry = self._runs.get(batch)
+        if entry is None or entry[0] != job:
+            raise KeyError(f"node {self.me} has no run of batch {batch} of job {job}")
+        return await asyncio.shield(entry[1])
+
+    async def _run(
+        self,
+        started: float,
+        epoch: int,
+        batch: int,
+        spec: _ModelSpec,
+        dataset: str,
+        top_k: int,
+        queries: list[tuple[int, _ShardSpec]],
+    ) -> dict[str, Any]:
         self._running += 1
         try:
             # A batch runs on the executor current at its arrival; if that one dies first, the
@@ -468,7 +536,7 @@ class WorkerService:
             items = await self._items(dataset, queries)
             try:
                 await self._ensure_model(ex, spec)
-                result = await ex.run(str(batch), spec.name, [i for _, i in items], top_k)
+                result = await ex.run(str(batch), _session_key(spec), [i for _, i in items], top_k)
             except ExecutorError as exc:
                 raise await self._replace(ex, exc) from None
             except (ModelError, CatalogError) as exc:
@@ -521,3 +589,8 @@ class WorkerService:
                 "limit": self._cache_limit,
             },
         }
+
+
+def _session_key(spec: _ModelSpec) -> str:
+    """The executor's name for a model version: two versions of one model never share it."""
+    return f"{spec.name}@v{spec.version}"

@@ -1,8 +1,9 @@
 """The worker's internal HTTP routes (node to node; the node's middleware checks the token).
 
 Bodies and replies are msgpack (`application/msgpack`). Errors are msgpack `{"error": "..."}`:
-409 for a stale epoch, 400 for a malformed request, 413 for an oversized one, 503 when the worker
-cannot run work now (its executor died and was restarted, or the node takes no inference work).
+409 for a stale epoch, 400 for a malformed request, 404 for a run this worker does not have
+(`collect`), 413 for an oversized request, 503 when the worker cannot run work now (its executor
+died and was restarted, or the node takes no inference work).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ async def _answer(request: web.Request, call: Call) -> web.Response:
         return _error(409, str(exc))
     except WorkerUnavailable as exc:
         return _error(503, str(exc))
+    except KeyError as exc:
+        return _error(404, str(exc.args[0]) if exc.args else "no such run")
     except ValueError as exc:
         return _error(400, str(exc))
     except web.HTTPRequestEntityTooLarge:
@@ -71,6 +74,14 @@ async def _load(worker: WorkerService, body: dict[str, Any]) -> dict[str, Any]:
 
 async def _run(worker: WorkerService, body: dict[str, Any]) -> dict[str, Any]:
     return await worker.run(body)
+
+
+async def _collect(worker: WorkerService, body: dict[str, Any]) -> dict[str, Any]:
+    return await worker.collect(body)
+
+
+async def post_collect(request: web.Request) -> web.Response:
+    return await _answer(request, _collect)
 
 
 async def post_load(request: web.Request) -> web.Response:
@@ -89,4 +100,5 @@ def add_routes(app: web.Application, worker: WorkerService) -> None:
     app[WORKER_KEY] = worker
     app.router.add_post("/v1/internal/work/load", post_load)
     app.router.add_post("/v1/internal/work/run", post_run)
+    app.router.add_post("/v1/internal/work/collect", post_collect)
     app.router.add_get("/v1/internal/work/status", get_status)

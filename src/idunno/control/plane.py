@@ -96,8 +96,11 @@ class ControlPlane:
         if change.new in (Status.FAILED, Status.LEFT):
             if self.coordinator is not None:
                 self.coordinator.worker_failed(change.name)
-        elif change.new == Status.ALIVE and self.coordinator is not None:
-            self.coordinator.pump()  # a new worker: give it work (it trains first)
+        elif change.new == Status.ALIVE and self.coordinator is not None and self.reign:
+            # A node that joins or comes back learns the reign at once (a deposed coordinator
+            # back from a pause steps down), then gets work (training first).
+            self.coordinator.spawn(self._announce_to(change.addr, self.reign), "announce")
+            self.coordinator.pump()
         self.kick()
 
     # --- views -----------------------------------------------------------------------------
@@ -238,17 +241,17 @@ class ControlPlane:
             self.coordinator.mirror.set_target(standby, addr)
 
     async def _announce(self, reign: Reign) -> None:
-        body = reign.to_json()
         live = self.live()
+        await asyncio.gather(
+            *(self._announce_to(a, reign) for n, a in live.items() if n != self.me)
+        )
 
-        async def one(addr: str) -> None:
-            try:
-                await self.rpc.call(addr, REIGN_PATH, body, ANNOUNCE_TIMEOUT_S)
-            except RpcError as exc:
-                if exc.status == 409:
-                    self._deposed(str(exc))
-
-        await asyncio.gather(*(one(a) for n, a in live.items() if n != self.me))
+    async def _announce_to(self, addr: str, reign: Reign) -> None:
+        try:
+            await self.rpc.call(addr, REIGN_PATH, reign.to_json(), ANNOUNCE_TIMEOUT_S)
+        except RpcError as exc:
+            if exc.status == 409:
+                self._deposed(str(exc))
 
     def _deposed(self, why: str) -> None:
         if self.coordinator is not None:

@@ -149,8 +149,15 @@ class Scheduler:
             for j in self.jobs.values()
             if self._runnable(j) and (can_run is None or can_run(j.model))
         ]
+        in_flight: dict[str, int] = {}
+        for b in self.batches.values():
+            in_flight[b.job] = in_flight.get(b.job, 0) + 1
         while candidates:
-            job = min(candidates, key=lambda j: (j.vtime, j.submitted_at, j.id))
+            # Ties go to the job with the fewest batches out: a job that just arrived (level
+            # with the others) gets its first batch out at once.
+            job = min(
+                candidates, key=lambda j: (j.vtime, in_flight.get(j.id, 0), j.submitted_at, j.id)
+            )
             queries = self._take(job)
             if not queries:
                 candidates.remove(job)

@@ -500,16 +500,26 @@ def test_a_node_restarted_on_its_data_dir_keeps_and_reconciles_its_copies(
     assert (got, meta["version"]) == (v2, 2)
 
 
-def test_a_put_with_fewer_live_nodes_than_the_replication_factor_fails_clearly(
+def test_with_fewer_live_nodes_than_the_replication_factor_writes_go_to_all_of_them(
     cluster: ClusterFactory, scratch: Path
 ) -> None:
     c = cluster(3)
+    out = put_bytes(c, "n1", "few/nodes.txt", b"data", scratch, retries=0)
+    assert sorted(out["replicas"]) == ["n1", "n2", "n3"]
+    got, _ = get_bytes(c, "n3", "few/nodes.txt", scratch)
+    assert got == b"data"
+
+
+def test_a_put_below_the_minimum_replication_fails_clearly(
+    cluster: ClusterFactory, scratch: Path
+) -> None:
+    c = cluster(3, extra=["--min-replicas", "4"])
     with pytest.raises(ClientError) as info:
         put_bytes(c, "n1", "few/nodes.txt", b"data", scratch, retries=0)
     err = info.value
     assert err.status == 503
     message = str(err)
-    assert "replication factor" in message
+    assert "replication factor is 4" in message
     assert "only 3 live nodes" in message
     assert "needs 4" in message
     assert "\n" not in message

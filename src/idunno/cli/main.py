@@ -101,8 +101,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         raise UsageError(f"--name {name!r} must be printable, at most 128 chars, no spaces or /")
     data_dir = Path(args.data_dir or DEFAULT_DIR / "nodes" / name).resolve()
     cfg = preset(args.preset)
-    if args.replicas < 1 or args.keep_versions < 1:
-        raise UsageError("--replicas and --keep-versions must be at least 1")
+    if args.replicas < 1 or args.keep_versions < 1 or args.min_replicas < 1:
+        raise UsageError("--replicas, --min-replicas and --keep-versions must be at least 1")
     if not 0 <= args.inference_threads <= 64:
         raise UsageError("--inference-threads must be from 0 (no inference work) to 64")
     opts = NodeOptions(
@@ -116,7 +116,11 @@ def cmd_node(args: argparse.Namespace) -> int:
         preset=args.preset,
         config=cfg,
         faults=Faults(drop=args.fault_drop),
-        store=StoreConfig(replicas=args.replicas, keep_versions=args.keep_versions),
+        store=StoreConfig(
+            replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            keep_versions=args.keep_versions,
+        ),
         stderr_level=args.log_level,
         inference_threads=args.inference_threads,
     )
@@ -287,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         metavar="R",
         help="copies of every stored file (default 4: survives any 3 failures)",
+    )
+    p.add_argument(
+        "--min-replicas",
+        type=int,
+        default=2,
+        metavar="M",
+        help="live nodes a write needs (default 2); with fewer than R live, files are written "
+        "to every live node and re-replicated to R when nodes return",
     )
     p.add_argument(
         "--keep-versions",

@@ -36,8 +36,8 @@ def _error(status: int, message: str) -> web.Response:
 def _no_coordinator() -> web.Response:
     return _error(
         503,
-        "no coordinator reachable yet (an election or failover is in progress, or fewer than "
-        "4 nodes are live for the store): retry in a moment",
+        "no coordinator reachable yet (an election or failover is in progress, or too few "
+        "nodes are live for the store): retry in a moment",
     )
 
 

@@ -59,6 +59,11 @@ class NotFound(StoreError):
 @dataclass(frozen=True)
 class StoreConfig:
     replicas: int = 4
+    # Writes go to min(replicas, live) nodes but need at least this many: with fewer live nodes
+    # than `replicas` the store stays writable (the coordinator can still claim epochs and save
+    # results after 3 failures of 6) and repairs bring each file back to `replicas` copies as
+    # nodes return, the way HDFS treats its minimum replication.
+    min_replicas: int = 2
     keep_versions: int = 5
     sync_interval: float = 10.0
     transfer_rate: float = 200e6  # bytes/s for re-replication, so repairs cannot starve jobs
@@ -107,10 +112,12 @@ class StoreService:
         self._kick.set()
 
     def _need(self, count: int, what: str) -> None:
-        if count < self.config.replicas:
+        need = min(self.config.min_replicas, self.config.replicas)
+        if count < need:
             raise Unavailable(
-                f"only {count} live nodes, {what} needs {self.config.replicas} "
-                "(the replication factor): start more nodes or wait for failed ones to return"
+                f"only {count} live node{'s' * (count != 1)}, {what} needs {need} "
+                f"(--min-replicas; the replication factor is {self.config.replicas}): "
+                "start more nodes or wait for failed ones to return"
             )
 
     # --- gateway: put -------------------------------------------------------------------
@@ -134,6 +141,15 @@ class StoreService:
         v = Version(version, size, sha, time.time())
         await self._commit_everywhere(name, upload, v, targets, live, epoch)
         self.log("file_put", file=name, version=version, size=size, replicas=targets)
+        if len(targets) < self.config.replicas:
+            self.log(
+                "put_degraded",
+                level="warning",
+                file=name,
+                version=version,
+                replicas=len(targets),
+                wanted=self.config.replicas,
+            )
         return {"name": name, **asdict(v), "replicas": targets}
 
     async def _stage_everywhere(

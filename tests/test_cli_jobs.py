@@ -669,7 +669,7 @@ def test_set_batch_size_out_of_range_is_a_usage_error_and_sends_nothing(
     cli: Cli, stub: Stub, n: str
 ) -> None:
     r = cli("job", "set-batch-size", "digits-1", n)
-    one_line_error(r, 2, "N must be between 1 and 4096", f"got {n}")
+    one_line_error(r, 2, "the batch size must be between 1 and 4096", f"got {n}")
     assert stub.requests == []
 
 

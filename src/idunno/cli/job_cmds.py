@@ -74,7 +74,9 @@ def _rate(rate: float | None) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} ms"
+    if value is None:
+        return "-"
+    return f"{value:.2f} ms" if value >= 0.1 else f"{value:.2g} ms"  # tiny models: 0.0012 ms
 
 
 # --- job submit / list / wait / cancel -------------------------------------------------------
@@ -257,7 +259,7 @@ def cmd_stats(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_set_batch_size(args: argparse.Namespace, client: Client) -> int:
-    _check_batch_size(args.size, "N")
+    _check_batch_size(args.size, "the batch size")
     data = client.set_batch_size(args.job, args.size)
     if args.json:
         _print_json(data)
@@ -382,7 +384,9 @@ def cmd_train(args: argparse.Namespace, client: Client) -> int:
 
 
 def _hint(command: str, exc: ClientError) -> str:
-    """What to do about an error the node answered, when its message may not say."""
+    """What to do about an error the node answered, when its message does not say."""
+    if "`idunno " in str(exc) or "--name" in str(exc):
+        return ""
     if exc.status == 404:
         if command == "submit":
             return " (see `idunno model list` and `idunno dataset list`)"

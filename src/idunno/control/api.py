@@ -47,6 +47,8 @@ def _leading(handler: Handler, status: int = 200) -> Callable[[web.Request], Awa
     async def route(request: web.Request) -> web.StreamResponse:
         plane = request.app[PLANE_KEY]
         coordinator = plane.coordinator
+        if coordinator is not None and coordinator.deposed:
+            return _no_coordinator()  # stepping down: the client retries and finds the new one
         if coordinator is None:
             return await _forward(request, plane)
         try:

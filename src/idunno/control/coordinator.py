@@ -32,6 +32,7 @@ RUN_TIMEOUT_S = 120.0  # backstop only: failures are found by the connection or 
 LOAD_TIMEOUT_S = 120.0
 EXCLUDE_S = 1.0  # a worker whose connection failed gets no batch for this long
 TOP_K = 5
+FIRST_BATCH = 1  # queries in a new job's urgent first batch
 MAX_WEIGHT = 1000.0
 
 LogFn = Callable[..., None]
@@ -78,9 +79,10 @@ class Coordinator:
         self._excluded: dict[str, float] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._lock = asyncio.Lock()  # one op sequence at a time, in order
         self._seq = 0
         self._done_logged: set[str] = set()
+        self.deposed = False
+        self._last_reply: dict[str, float] = {}  # worker -> when its last batch came back
         self._names = 0
         self.started_at = time.time()
 
@@ -105,13 +107,11 @@ class Coordinator:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def commit(self, ops: list[dict[str, Any]], applied: bool = False) -> list[list[int]]:
-        """Apply ops (unless the caller already did) and mirror them before returning."""
-        async with self._lock:
-            out = [] if applied else [self.state.apply(op) for op in ops]
-            first = self.state.applied - len(ops)
-            wait = self.mirror.send(first, ops)
-        await wait
+    async def commit(self, ops: list[dict[str, Any]]) -> list[list[int]]:
+        """Apply ops and return once the standby has them too (the caller acknowledges after)."""
+        out = [self.state.apply(op) for op in ops]
+        # No await between applying and queueing: the standby gets ops in applied order.
+        await self.mirror.send(self.state.applied - len(ops), ops)
         return out
 
     # --- jobs ------------------------------------------------------------------------------
@@ -122,7 +122,11 @@ class Coordinator:
         batch_size = _field(body, "batch_size", int)
         if not 1 <= batch_size <= MAX_BATCH:
             raise JobError(f"batch size must be between 1 and {MAX_BATCH}, got {batch_size}")
-        weight = float(body.get("weight") or 1.0)
+        weight = body.get("weight", 1.0)
+        if weight is None:
+            weight = 1.0
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise JobError(f"weight must be a number, got {weight!r}")
         if not 0 < weight <= MAX_WEIGHT:
             raise JobError(f"weight must be above 0 and at most {MAX_WEIGHT:g}, got {weight:g}")
         name = body.get("name")
@@ -155,6 +159,8 @@ class Coordinator:
         )
         await self._save_spec(spec, JobStatus.RUNNING, batch_size)
         await self.commit([{"op": "submit", "spec": spec.to_json(), "t": spec.submitted_at}])
+        self.pump()
+        self._first_batch(job_id)  # if pump() found no room for it
         self.log(
             "job_submitted",
             job=job_id,
@@ -164,7 +170,6 @@ class Coordinator:
             queries=spec.total,
             batch_size=batch_size,
         )
-        self.pump()
         return self.state.job_view(job_id, time.time())
 
     def _default_name(self, model: str) -> str:
@@ -252,11 +257,14 @@ class Coordinator:
         refs = [{"name": r.name, "version": r.version, "preprocess": r.preprocess} for r in records]
         workers = self._workers(include_training=True)
         reports = await asyncio.gather(*(self._load_on(w, refs) for w in workers))
+        if self.deposed:
+            raise Deposed("a newer coordinator took over during training")
         out = []
         for r in records:
             per_worker = {
                 w: rep.get(r.name, {"error": "no answer"})
                 for w, rep in zip(workers, reports, strict=True)
+                if w not in self.disabled  # nodes started with --inference-threads 0
             }
             out.append({"model": r.name, "version": r.version, "workers": per_worker})
         self.pump()
@@ -347,12 +355,44 @@ class Coordinator:
             }
             for b in batches
         ]
+        # fill() already applied the dispatches; they count as ops and go to the standby now.
         self.state.applied += len(ops)
-        self.spawn(self.commit(ops, applied=True), "mirror-dispatch")
+        self.mirror.send(self.state.applied - len(ops), ops)
         for b in batches:
             self._running[b.id] = asyncio.ensure_future(self._run(b))
 
-    async def _run(self, batch: Batch, adopt: bool = False) -> None:
+    def _first_batch(self, job_id: str) -> None:
+        """If no worker had room for the new job, send it one query anyway, marked urgent, to
+        the worker whose running batch should end first (the one that replied longest ago):
+        its first result then waits for one batch, not for every batch queued before it."""
+        spec = self.state.books[job_id].spec
+        if self.state.scheduler.held_by_job(job_id):
+            return
+        ready = [
+            w
+            for w in self._workers()
+            if self.ready.get(w, {}).get(spec.model) == spec.model_version
+        ]
+        if not ready:
+            return  # workers are still loading the model: pump() dispatches when they are done
+        worker = min(ready, key=lambda w: (self._last_reply.get(w, 0.0), w))
+        now = time.time()
+        batch = self.state.scheduler.first_batch(job_id, worker, now, FIRST_BATCH)
+        if batch is None:
+            return
+        op = {
+            "op": "dispatch",
+            "batch": batch.id,
+            "job": batch.job,
+            "worker": batch.worker,
+            "queries": list(batch.queries),
+            "t": now,
+        }
+        self.state.applied += 1
+        self.mirror.send(self.state.applied - 1, [op])
+        self._running[batch.id] = asyncio.ensure_future(self._run(batch, urgent=True))
+
+    async def _run(self, batch: Batch, adopt: bool = False, urgent: bool = False) -> None:
         """Send a batch (or, for a batch the previous reign sent, collect its reply from the
         worker) and account for the answer."""
         spec = self.state.books[batch.job].spec
@@ -373,6 +413,7 @@ class Coordinator:
                     "shards": _shards_for(spec, batch.queries),
                     "queries": list(batch.queries),
                     "top_k": TOP_K,
+                    "urgent": urgent,
                 }
                 reply = await self.rpc.call(addr, RUN_PATH, request, RUN_TIMEOUT_S)
         except RpcError as exc:
@@ -386,6 +427,7 @@ class Coordinator:
                 await self._requeue(batch, exc)
             return
         self._running.pop(batch.id, None)
+        self._last_reply[batch.worker] = time.monotonic()
         await self._accept(batch, spec, reply)
 
     async def _requeue(self, batch: Batch, exc: RpcError) -> None:
@@ -466,6 +508,7 @@ class Coordinator:
         self.pump()
 
     def _deposed(self, why: str) -> None:
+        self.deposed = True
         self._on_deposed(why)
 
     # --- durability ------------------------------------------------------------------------

@@ -58,14 +58,17 @@ class MirrorLink:
         self.in_sync = False
         self._wake.set()
 
-    async def send(self, first: int, ops: list[dict[str, Any]]) -> None:
-        """Wait until the standby applied `ops` (numbered from `first`), or the link dropped."""
-        if self.target is None:
-            return
+    def send(self, first: int, ops: list[dict[str, Any]]) -> asyncio.Future[None]:
+        """Queue `ops` (numbered from `first`) for the standby, in the order they were applied:
+        call it right after applying them, with no await in between. The future is done when
+        the standby applied them, or the link dropped."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.target is None:
+            done.set_result(None)
+            return done
         self._queue.append((first, ops, done))
         self._wake.set()
-        await done
+        return done
 
     def _release(self) -> None:
         _resolve(self._queue)

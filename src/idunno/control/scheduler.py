@@ -169,10 +169,27 @@ class Scheduler:
             return batch
         return None
 
+    def first_batch(self, job_id: str, worker: str, now: float, size: int) -> Batch | None:
+        """A small batch of a job that has none out yet, for `worker` even if it is full: the
+        worker runs it next (urgent), so a new job's first result does not wait for the
+        batches queued before it arrived."""
+        job = self._job(job_id)
+        if not self._runnable(job) or self.held_by_job(job_id):
+            return None
+        queries = self._take(job, size)
+        if not queries:
+            return None
+        job.vtime += len(queries) / job.weight
+        batch = Batch(self._next_batch, job.id, job.model, worker, tuple(queries), now)
+        self._next_batch += 1
+        self.batches[batch.id] = batch
+        return batch
+
     @staticmethod
-    def _take(job: Job) -> list[int]:
+    def _take(job: Job, limit: int | None = None) -> list[int]:
         out: list[int] = []
-        while job.pending and len(out) < job.batch_size:
+        size = job.batch_size if limit is None else min(limit, job.batch_size)
+        while job.pending and len(out) < size:
             q = job.pending.popleft()
             if q not in job.done:  # a late result may have answered a requeued query
                 out.append(q)

@@ -2,7 +2,8 @@
 runs ONNX Runtime with N intra-op threads and serves requests read from stdin.
 
 Threads: the main thread reads requests; one decode thread decodes batches; one inference thread
-opens sessions and runs batches, one at a time in arrival order. A run is decoded while the
+opens sessions and runs batches, one at a time in arrival order (an "urgent" run goes ahead of
+those still waiting). A run is decoded while the
 previous one is inferred (ORT and Pillow release the GIL), which is the executor's pipelining.
 Replies go to the parent's pipe in completion order, tagged with the request id.
 """
@@ -10,6 +11,8 @@ Replies go to the parent's pipe in completion order, tagged with the request id.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import os
 import pickle
 import re
@@ -18,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
@@ -335,12 +338,44 @@ class Channel:
             os._exit(0)
 
 
+class PriorityLane:
+    """One worker thread running tasks in priority order (0 first), then arrival order: an
+    urgent batch (a new job's first) goes ahead of the batches already queued behind the one
+    running. Tasks never preempt each other."""
+
+    def __init__(self, name: str) -> None:
+        self._heap: list[tuple[int, int, Callable[..., Any], tuple[Any, ...], Future[Any]]] = []
+        self._seq = itertools.count()
+        self._ready = threading.Condition()
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, priority: int = 1) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._ready:
+            heapq.heappush(self._heap, (priority, next(self._seq), fn, args, future))
+            self._ready.notify()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._heap:
+                    self._ready.wait()
+                _, _, fn, args, future = heapq.heappop(self._heap)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the waiter, like concurrent.futures does
+                future.set_exception(exc)
+
+
 class Child:
     def __init__(self, threads: int, channel: Channel) -> None:
         self.threads = threads
         self.channel = channel
-        self.decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
-        self.inferrer = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self.decoder = PriorityLane("decode")
+        self.inferrer = PriorityLane("infer")
         # A model's load is in flight or done; runs wait for it (in the decode thread).
         self.models: dict[str, Future[ModelSlot]] = {}
 
@@ -363,8 +398,10 @@ class Child:
             self._reply_when_done(call_id, loading, lambda slot: slot.report)
         elif op == "run":
             slot = self.models.get(request["model"])
-            decoding = self.decoder.submit(self.decode, request, slot)
-            self._reply_when_done(call_id, self.inferrer.submit(self.infer, request, decoding))
+            priority = 0 if request.get("urgent") else 1
+            decoding = self.decoder.submit(self.decode, request, slot, priority=priority)
+            inferring = self.inferrer.submit(self.infer, request, decoding, priority=priority)
+            self._reply_when_done(call_id, inferring)
         elif op == "unload":
             self.models.pop(request["model"], None)
             self.channel.send({"id": call_id, "ok": None})

@@ -259,11 +259,17 @@ class Executor:
         await self._call({"op": "unload", "model": model})
 
     async def run(
-        self, batch_id: str, model: str, items: Sequence[tuple[str, bytes]], top_k: int = 5
+        self,
+        batch_id: str,
+        model: str,
+        items: Sequence[tuple[str, bytes]],
+        top_k: int = 5,
+        urgent: bool = False,
     ) -> BatchResult:
         """Decode and run `items` ((query id, raw bytes) pairs) on a loaded model. Waits while
         `max_inflight` batches are already in the child. Raises ModelError if the model is not
-        loaded or fails on the batch, ExecutorError if the child dies."""
+        loaded or fails on the batch, ExecutorError if the child dies. An `urgent` batch waits
+        for nothing but the batch running now (a new job's first batch: its first result)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         request = {
@@ -272,7 +278,11 @@ class Executor:
             "model": model,
             "items": [(str(q), bytes(data)) for q, data in items],
             "top_k": top_k,
+            "urgent": urgent,
         }
+        if urgent:  # skips the queue here and in the child: next after the batch running now
+            urgent_result: BatchResult = await self._call(request)
+            return urgent_result
         async with self._slots:
             result: BatchResult = await self._call(request)
         return result

@@ -483,8 +483,11 @@ class WorkerService:
         # The run is a task of its own, remembered by batch id: if the coordinator that sent it
         # dies, the run still finishes and its successor collects the reply (`collect`).
         job = str(req["job"])
+        urgent = req.get("urgent", False)
+        if not isinstance(urgent, bool):
+            raise ValueError("request: 'urgent' must be true or false")
         task = asyncio.ensure_future(
-            self._run(started, epoch, batch, spec, dataset, top_k, queries)
+            self._run(started, epoch, batch, spec, dataset, top_k, queries, urgent)
         )
         self._remember(batch, job, task)
         return await asyncio.shield(task)
@@ -527,6 +530,7 @@ class WorkerService:
         dataset: str,
         top_k: int,
         queries: list[tuple[int, _ShardSpec]],
+        urgent: bool = False,
     ) -> dict[str, Any]:
         self._running += 1
         try:
@@ -536,7 +540,9 @@ class WorkerService:
             items = await self._items(dataset, queries)
             try:
                 await self._ensure_model(ex, spec)
-                result = await ex.run(str(batch), _session_key(spec), [i for _, i in items], top_k)
+                result = await ex.run(
+                    str(batch), _session_key(spec), [i for _, i in items], top_k, urgent
+                )
             except ExecutorError as exc:
                 raise await self._replace(ex, exc) from None
             except (ModelError, CatalogError) as exc:

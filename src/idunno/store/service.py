@@ -365,7 +365,9 @@ class StoreService:
             except (Corrupt, PeerError, OSError) as exc:
                 last_error = str(exc)
                 continue
-            if len(data) == v.size and hashlib.sha256(data).hexdigest() == v.sha256:
+            # Hashed off the event loop: a model is hundreds of MB, and a stalled loop misses
+            # failure-detector probes.
+            if len(data) == v.size and await asyncio.to_thread(_sha256, data) == v.sha256:
                 return v, data
             last_error = f"{holder} sent bytes that fail the sha256 check"
         raise Unavailable(f"no replica of {name!r} v{v.version} could be read ({last_error})")
@@ -633,3 +635,7 @@ def _read_and_hash(f: BinaryIO, h: Any) -> bytes:
     chunk = f.read(CHUNK)
     h.update(chunk)
     return chunk
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -4,9 +4,9 @@
 A round: views that are due catch up with the truth; every live node applies the rule
 (`roles.choose_coordinator` on its own reign and view) and claims an epoch when the rule picks
 it and it does not lead already; a leader keeps its standby (`roles.choose_standby`) and
-announces its reign when the standby changes (and, with `reannounce`, every round); the
-announcements that are due are delivered; every leader stamps an assignment with its epoch for
-each worker it sees and can reach.
+announces its reign when the standby changes and, as `announce` says, to nodes that appear in
+its view or every round; the announcements that are due are delivered; every leader stamps an
+assignment with its epoch for each worker it sees and can reach.
 
 Model:
 - Epochs. A claim is a put of `_control/epoch`; its version is the epoch. `epochs="counter"`
@@ -23,7 +23,11 @@ Model:
   (re)started node reads the epoch file and starts with the true view of its side (it learned
   the membership on joining). A crash loses the reign and leadership; the fence (`persist_fence`)
   and the node's copy of the epoch file survive.
-- Messages to a node that is down or on the other side of the partition are lost.
+- An announcement is lost if, when it is due, its sender or its target is down or they are on
+  different sides of the partition (a request in flight when its sender dies, or cut off).
+- A claim needs `replicas` members in the claimant's view (the store refuses a put otherwise).
+The defaults model ControlPlane as it is: the reign is announced on a claim, on a standby change
+and to every node that joins the leader's view, and a node learns it no other way.
 
 Checks while running (`violations`): one claimant per epoch; every epoch whose assignments
 workers accepted has one issuer; no worker accepts an epoch below one it accepted or admitted
@@ -43,14 +47,25 @@ from idunno.control.fence import Fence, StaleEpoch
 from idunno.control.roles import Reign
 
 EpochSource = Literal["counter", "per_side"]
+RelearnPolicy = Literal["never", "store", "ask", "peers"]
+AnnouncePolicy = Literal["on_claim", "on_join", "every_round"]
 
 
 @dataclass(frozen=True)
 class SimConfig:
     view_delay: int = 2  # rounds a membership view may lag behind a change
     announce_delay: int = 1  # rounds an announcement may take
-    reannounce: bool = True  # leaders announce their reign every round
+    # When a leader announces its reign, besides on claiming it and on changing its standby:
+    # "on_join" also to every node that appears in its view (ControlPlane.on_member_change),
+    # "every_round" to every node it sees, every round; "on_claim" never.
+    announce: AnnouncePolicy = "on_join"
     epochs: EpochSource = "counter"
+    # How a node that does not lead learns a reign it missed, besides announcements (plane.py
+    # does none of these): "store" re-reads the epoch file when its fence has admitted a newer
+    # epoch than its reign's; "ask" adopts the reign of the coordinator its reign names when that
+    # node does not lead; "peers" adopts, every round, the newest reign of the nodes it reaches.
+    relearn: RelearnPolicy = "never"
+    replicas: int = 1  # a claim (a store put) needs this many members in the claimant's view
     persist_fence: bool = True
     p_crash: float = 0.05
     p_restart: float = 0.2
@@ -154,11 +169,12 @@ class ElectionSim:
 
     def partition(self, *groups: Iterable[str]) -> None:
         """Members of different groups cannot talk; unlisted members join the first group."""
+        sides = [sorted(g) for g in groups]
         self.side = dict.fromkeys(self.nodes, 0)
-        for i, group in enumerate(groups):
+        for i, group in enumerate(sides):
             for name in group:
                 self.side[name] = i
-        self._log("partition", tuple(tuple(sorted(g)) for g in groups))
+        self._log("partition", tuple(tuple(g) for g in sides))
         self._changed()
 
     def heal(self) -> None:
@@ -195,15 +211,20 @@ class ElectionSim:
         for name in self.up():
             node = self.nodes[name]
             if node.refresh_at is not None and node.refresh_at <= self.round:
+                joined = self.truth(name) - node.view
                 node.view = self.truth(name)
                 node.refresh_at = None
+                if node.leading is not None and self.cfg.announce == "on_join":
+                    self._announce(node, joined)
         order = self.up()
         self.rng.shuffle(order)
         for name in order:
             node = self.nodes[name]
             if node.leading is not None:
                 self._keep_standby(node)
-            elif roles.choose_coordinator(node.reign, node.view) == name:
+                continue
+            self._relearn(node)
+            if roles.choose_coordinator(node.reign, node.view) == name:
                 self._claim(node)
         due = [a for a in self.inbox if a.due <= self.round]
         self.inbox = [a for a in self.inbox if a.due > self.round]
@@ -239,7 +260,27 @@ class ElectionSim:
 
     # --- the rule and the protocol --------------------------------------------------------
 
+    def _relearn(self, node: SimNode) -> None:
+        if self.cfg.relearn == "store":
+            if node.fence.epoch > (node.reign.epoch if node.reign else 0):
+                node.reign = roles.newer(node.reign, self._read_epoch_file(node.name))
+        elif self.cfg.relearn == "ask":
+            named = node.reign.coordinator if node.reign else None
+            if (
+                named is not None
+                and named != node.name
+                and self.reaches(node.name, named)
+                and self.nodes[named].leading is None
+            ):
+                node.reign = roles.newer(node.reign, self.nodes[named].reign)
+        elif self.cfg.relearn == "peers":
+            for peer in sorted(node.view):
+                if self.reaches(node.name, peer):
+                    node.reign = roles.newer(node.reign, self.nodes[peer].reign)
+
     def _claim(self, node: SimNode) -> None:
+        if len(node.view) < self.cfg.replicas:
+            return  # the store refuses a put with too few live members
         epoch = self._next_epoch(node.name)
         standby = roles.choose_standby(node.reign, node.name, node.view)
         reign = Reign(epoch, node.name, standby)
@@ -266,12 +307,12 @@ class ElectionSim:
             node.reign = Reign(node.leading, node.name, standby)
             self._log("standby", node.name, node.leading, standby)
             self._announce(node)
-        elif self.cfg.reannounce:
+        elif self.cfg.announce == "every_round":
             self._announce(node)
 
-    def _announce(self, node: SimNode) -> None:
+    def _announce(self, node: SimNode, to: Iterable[str] | None = None) -> None:
         assert node.reign is not None
-        for target in sorted(node.view - {node.name}):
+        for target in sorted(set(node.view if to is None else to) - {node.name}):
             due = self.round + self.rng.randint(0, self.cfg.announce_delay)
             self.inbox.append(Announcement(node.name, target, node.reign, due))
 

@@ -126,7 +126,7 @@ def test_late_results_of_a_requeued_batch_count_once() -> None:
     again = s.next_batch("fast", now=1)
     assert again is not None and again.queries == first.queries
     # ...but its results arrive after all: accepted, and the re-run's become duplicates.
-    assert s.accept_late("j", first.queries) == list(first.queries)
+    assert s.accept_late("j", first.queries, 1.0) == list(first.queries)
     assert s.complete(again.id, again.queries, now=2) == []
     rest = s.next_batch("fast", now=2)
     assert rest is not None and set(rest.queries).isdisjoint(first.queries)

@@ -207,7 +207,7 @@ class Coordinator:
 
     async def _put(self, name: str, data: bytes) -> int:
         try:
-            version: int = await self.store.put_bytes(name, data, self.epoch)
+            version: int = await self.store.put_bytes(name, data, (self.epoch, self.me))
         except ValueError as exc:
             if "stale epoch" in str(exc):
                 self._deposed(str(exc))
@@ -276,7 +276,10 @@ class Coordinator:
             return {r["name"]: {"error": f"{worker} is not live"} for r in refs}
         try:
             reply = await self.rpc.call(
-                addr, LOAD_PATH, {"epoch": self.epoch, "models": refs}, LOAD_TIMEOUT_S
+                addr,
+                LOAD_PATH,
+                {"epoch": self.epoch, "coordinator": self.me, "models": refs},
+                LOAD_TIMEOUT_S,
             )
         except RpcError as exc:
             if exc.status == 409:
@@ -401,11 +404,17 @@ class Coordinator:
             if addr is None:
                 raise RpcError(f"{batch.worker} is not live")
             if adopt:
-                request: dict[str, Any] = {"epoch": self.epoch, "batch": batch.id, "job": batch.job}
+                request: dict[str, Any] = {
+                    "epoch": self.epoch,
+                    "coordinator": self.me,
+                    "batch": batch.id,
+                    "job": batch.job,
+                }
                 reply = await self.rpc.call(addr, COLLECT_PATH, request, RUN_TIMEOUT_S)
             else:
                 request = {
                     "epoch": self.epoch,
+                    "coordinator": self.me,
                     "batch": batch.id,
                     "job": batch.job,
                     "model": spec.model_ref(),

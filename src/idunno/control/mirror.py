@@ -24,11 +24,13 @@ class MirrorLink:
         self,
         rpc: Rpc,
         epoch: int,
+        owner: str,
         snapshot: Callable[[], dict[str, Any]],
         log: Callable[..., None],
     ) -> None:
         self._rpc = rpc
         self._epoch = epoch
+        self._owner = owner
         self._snapshot = snapshot
         self._log = log
         self.target: tuple[str, str] | None = None  # (name, address)
@@ -91,7 +93,11 @@ class MirrorLink:
                     await self._rpc.call(
                         addr,
                         MIRROR_PATH,
-                        {"epoch": self._epoch, "snapshot": self._snapshot()},
+                        {
+                            "epoch": self._epoch,
+                            "coordinator": self._owner,
+                            "snapshot": self._snapshot(),
+                        },
                         MIRROR_TIMEOUT_S * 5,
                     )
                     self.in_sync = True
@@ -103,7 +109,12 @@ class MirrorLink:
                     await self._rpc.call(
                         addr,
                         MIRROR_PATH,
-                        {"epoch": self._epoch, "first": inflight[0][0], "ops": ops},
+                        {
+                            "epoch": self._epoch,
+                            "coordinator": self._owner,
+                            "first": inflight[0][0],
+                            "ops": ops,
+                        },
                         MIRROR_TIMEOUT_S,
                     )
                     _resolve(inflight)

@@ -41,7 +41,10 @@ STEP_S = 0.25  # how often the rule is re-evaluated without any event
 ANNOUNCE_TIMEOUT_S = 1.0
 WATCH_BEAT_S = 0.3
 PRESUMED_DEAD_S = 10.0
-BATCH_ID_BITS = 32  # long enough for membership to confirm it
+BATCH_ID_BITS = 32
+REREAD_S = (
+    3.0  # a follower re-reads _control/epoch this often  # long enough for membership to confirm it
+)
 
 LogFn = Callable[..., None]
 
@@ -68,6 +71,7 @@ class ControlPlane:
         self.mirror_epoch = 0
         self._presumed_dead: dict[str, float] = {}
         self._epoch_read = False
+        self._reread_at = 0.0
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -141,6 +145,13 @@ class ControlPlane:
 
     async def _step(self) -> None:
         live = self.live()
+        known = self.reign.key[:2] if self.reign else (0, "")
+        stale = self.fence.token > known or time.monotonic() > self._reread_at
+        if self.coordinator is None and stale:
+            # A node that missed an announcement (it was cut off, or the announcer died right
+            # after claiming) learns the reign from the store: at once if its fence has seen a
+            # newer token, else every REREAD_S.
+            self._epoch_read = False
         if not self._epoch_read:
             await self._read_epoch_file()
             if not self._epoch_read:
@@ -158,12 +169,14 @@ class ControlPlane:
             v, data = await self.store.read_bytes(durable.EPOCH_FILE, None)
         except NotFound:
             self._epoch_read = True
+            self._reread_at = time.monotonic() + REREAD_S
             return
         except Exception:  # too few nodes for the store yet: try again next round
             return
         doc = json.loads(data)
         self._adopt(Reign(v.version, str(doc["coordinator"]), doc.get("standby")))
         self._epoch_read = True
+        self._reread_at = time.monotonic() + REREAD_S
 
     def _adopt(self, reign: Reign) -> None:
         self.reign = roles.newer(self.reign, reign)
@@ -178,7 +191,7 @@ class ControlPlane:
             self.log("claim_failed", level="warning", detail=str(exc)[:300])
             return
         try:
-            self.fence.admit(epoch)
+            self.fence.admit(epoch, self.me)
         except StaleEpoch:
             return  # a newer reign started meanwhile: follow it
         hot = (
@@ -194,7 +207,7 @@ class ControlPlane:
         self.mirror_state = None
         reign = Reign(epoch, self.me, standby)
         self.reign = reign
-        mirror = MirrorLink(self.rpc, epoch, state.snapshot, self.log)
+        mirror = MirrorLink(self.rpc, epoch, self.me, state.snapshot, self.log)
         self.coordinator = Coordinator(
             self.me,
             epoch,
@@ -232,7 +245,7 @@ class ControlPlane:
         assert self.coordinator is not None and self.reign is not None
         standby = roles.choose_standby(self.reign, self.me, live)
         if standby != self.reign.standby:
-            self.reign = Reign(self.reign.epoch, self.me, standby)
+            self.reign = Reign(self.reign.epoch, self.me, standby, self.reign.seq + 1)
             await self._announce(self.reign)
             self.log("standby_chosen", standby=standby, epoch=self.reign.epoch)
         target = self.coordinator.mirror.target
@@ -336,8 +349,9 @@ class ControlPlane:
 
     def receive_reign(self, body: dict[str, Any]) -> dict[str, Any]:
         reign = Reign.from_json(body)
-        self.fence.admit(reign.epoch)  # StaleEpoch -> 409
-        if self.coordinator is not None and reign.epoch > self.coordinator.epoch:
+        self.fence.admit(reign.epoch, reign.coordinator)  # StaleEpoch -> 409
+        mine = self.reign
+        if self.coordinator is not None and mine is not None and reign.key[:2] > mine.key[:2]:
             self._deposed(f"epoch {reign.epoch} announced by {reign.coordinator}")
         self._adopt(reign)
         self._epoch_read = True
@@ -346,7 +360,7 @@ class ControlPlane:
 
     def receive_mirror(self, body: dict[str, Any]) -> dict[str, Any]:
         epoch = int(body["epoch"])
-        self.fence.admit(epoch)
+        self.fence.admit(epoch, str(body.get("coordinator") or ""))
         if "snapshot" in body:
             self.mirror_state = ControlState.from_snapshot(body["snapshot"])
             self.mirror_epoch = epoch

@@ -29,14 +29,30 @@ class Reign:
     epoch: int
     coordinator: str
     standby: str | None = None
+    seq: int = 0  # bumped each time the coordinator names a new standby within its epoch
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        """The order of reigns: the fencing token (epoch, coordinator), then the standby's seq."""
+        return (self.epoch, self.coordinator, self.seq)
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "coordinator": self.coordinator, "standby": self.standby}
+        return {
+            "epoch": self.epoch,
+            "coordinator": self.coordinator,
+            "standby": self.standby,
+            "seq": self.seq,
+        }
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Reign:
         standby = obj.get("standby")
-        return cls(int(obj["epoch"]), str(obj["coordinator"]), str(standby) if standby else None)
+        return cls(
+            int(obj["epoch"]),
+            str(obj["coordinator"]),
+            str(standby) if standby else None,
+            int(obj.get("seq") or 0),
+        )
 
 
 def newer(a: Reign | None, b: Reign | None) -> Reign | None:
@@ -44,7 +60,7 @@ def newer(a: Reign | None, b: Reign | None) -> Reign | None:
         return b
     if b is None:
         return a
-    return a if a.epoch >= b.epoch else b
+    return a if a.key >= b.key else b
 
 
 def choose_coordinator(reign: Reign | None, live: Collection[str]) -> str | None:

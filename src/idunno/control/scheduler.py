@@ -241,7 +241,7 @@ class Scheduler:
             job.finished_at = now
         return accepted
 
-    def accept_late(self, job_id: str, answered: Iterable[int]) -> list[int]:
+    def accept_late(self, job_id: str, answered: Iterable[int], now: float) -> list[int]:
         """Results for queries of a batch that is no longer tracked (requeued after a worker
         was presumed dead): keep the answers nobody else gave yet."""
         job = self.jobs.get(job_id)
@@ -249,8 +249,12 @@ class Scheduler:
             return []
         accepted = [q for q in answered if q in job.ids and q not in job.done]
         job.done.update(accepted)
+        if accepted:  # answered now: not to be dispatched again (same on coordinator and standby)
+            answered_now = set(accepted)
+            job.pending = deque(q for q in job.pending if q not in answered_now)
         if job.remaining == 0 and job.status == JobStatus.RUNNING:
             job.status = JobStatus.DONE
+            job.finished_at = now
         return accepted
 
     def requeue(self, batch_id: int) -> Batch | None:

@@ -154,7 +154,7 @@ class ControlState:
         if int(op["batch"]) in self.scheduler.batches:
             accepted = self.scheduler.complete(int(op["batch"]), results, now)
         else:  # requeued meanwhile (worker presumed dead): keep answers nobody gave yet
-            accepted = self.scheduler.accept_late(job_id, results)
+            accepted = self.scheduler.accept_late(job_id, results, now)
         book = self.books.get(job_id)
         if book is None or not accepted:
             return accepted

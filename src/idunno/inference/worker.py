@@ -335,14 +335,16 @@ class WorkerService:
 
     # -- models ----------------------------------------------------------------------------
 
-    async def load(self, epoch: int, models: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    async def load(
+        self, epoch: int, models: list[dict[str, Any]], coordinator: str = ""
+    ) -> dict[str, dict[str, Any]]:
         """Load each model (at its store version) and report its cost; a model that cannot be
         loaded gets {"error": one line} and the others still load."""
         self._check_enabled()
         if not isinstance(models, list):
             raise ValueError("request: 'models' must be a list")
         specs = [_model_spec(m, f"models[{i}]") for i, m in enumerate(models)]
-        self.fence.admit(_epoch(epoch))
+        self.fence.admit(_epoch(epoch), _owner(coordinator))
         ex = await self._current()
         out: dict[str, dict[str, Any]] = {}
         for spec in specs:
@@ -479,7 +481,8 @@ class WorkerService:
         dataset = validate_name(_str(req, "dataset", "request"), "dataset")
         top_k = _int(req, "top_k", "request", lo=1, hi=MAX_TOP_K)
         queries = _queries(_field(req, "queries", "request"), _shard_specs(req.get("shards")))
-        self.fence.admit(epoch)  # only a well-formed request may advance the fence
+        # Only a well-formed request may advance the fence.
+        self.fence.admit(epoch, _owner(req.get("coordinator", "")))
         # The run is a task of its own, remembered by batch id: if the coordinator that sent it
         # dies, the run still finishes and its successor collects the reply (`collect`).
         job = str(req["job"])
@@ -515,7 +518,7 @@ class WorkerService:
         epoch = _epoch(_field(req, "epoch", "request"))
         batch = _int(req, "batch", "request")
         job = _str(req, "job", "request")
-        self.fence.admit(epoch)
+        self.fence.admit(epoch, _owner(req.get("coordinator", "")))
         entry = self._runs.get(batch)
         if entry is None or entry[0] != job:
             raise KeyError(f"node {self.me} has no run of batch {batch} of job {job}")
@@ -600,3 +603,10 @@ class WorkerService:
 def _session_key(spec: _ModelSpec) -> str:
     """The executor's name for a model version: two versions of one model never share it."""
     return f"{spec.name}@v{spec.version}"
+
+
+def _owner(value: Any) -> str:
+    """The coordinator a request names (its fencing token is (epoch, name))."""
+    if not isinstance(value, str) or len(value) > 128:
+        raise ValueError("request: 'coordinator' must be a node name")
+    return value

@@ -69,7 +69,8 @@ async def _answer(request: web.Request, call: Call) -> web.Response:
 async def _load(worker: WorkerService, body: dict[str, Any]) -> dict[str, Any]:
     epoch: Any = body.get("epoch")  # checked by the worker, like every field
     models: Any = body.get("models")
-    return {"worker": worker.me, "models": await worker.load(epoch, models)}
+    coordinator: Any = body.get("coordinator", "")
+    return {"worker": worker.me, "models": await worker.load(epoch, models, coordinator)}
 
 
 async def _run(worker: WorkerService, body: dict[str, Any]) -> dict[str, Any]:

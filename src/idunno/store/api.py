@@ -260,9 +260,8 @@ async def i_commit(request: web.Request) -> web.Response:
     svc = request.app[STORE_KEY]
     b = await _json(request)
     epoch = b.get("epoch")
-    await svc.commit(
-        str(b["name"]), str(b["upload"]), _version_of(b), int(epoch) if epoch is not None else None
-    )
+    token = (int(epoch), str(b.get("owner") or "")) if epoch is not None else None
+    await svc.commit(str(b["name"]), str(b["upload"]), _version_of(b), token)
     return web.json_response({})
 
 

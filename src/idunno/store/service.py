@@ -123,7 +123,7 @@ class StoreService:
     # --- gateway: put -------------------------------------------------------------------
 
     async def put(
-        self, name: str, source: AsyncIterator[bytes], epoch: int | None = None
+        self, name: str, source: AsyncIterator[bytes], epoch: tuple[int, str] | None = None
     ) -> dict[str, Any]:
         """Store a new version. With `epoch` (the coordinator's writes) every replica refuses the
         commit if it has seen a newer coordinator epoch: a deposed coordinator writes nothing."""
@@ -198,9 +198,15 @@ class StoreService:
         v: Version,
         targets: list[str],
         live: dict[str, str],
-        epoch: int | None,
+        epoch: tuple[int, str] | None,
     ) -> None:
-        body = {"name": name, "upload": upload, "epoch": epoch, **asdict(v)}
+        body = {
+            "name": name,
+            "upload": upload,
+            "epoch": epoch[0] if epoch else None,
+            "owner": epoch[1] if epoch else None,
+            **asdict(v),
+        }
 
         async def one(target: str) -> None:
             if target == self.me:
@@ -320,7 +326,7 @@ class StoreService:
         if held is not None:
             yield held
 
-    async def put_bytes(self, name: str, data: bytes, epoch: int | None = None) -> int:
+    async def put_bytes(self, name: str, data: bytes, epoch: tuple[int, str] | None = None) -> int:
         """Store a small file held in memory; returns its version."""
 
         async def one() -> AsyncIterator[bytes]:
@@ -472,10 +478,12 @@ class StoreService:
                 del self._staged[upload]
                 self.disk.cleanup_tmp(staged.path)
 
-    async def commit(self, name: str, upload: str, v: Version, epoch: int | None = None) -> None:
+    async def commit(
+        self, name: str, upload: str, v: Version, epoch: tuple[int, str] | None = None
+    ) -> None:
         validate(name)
         if epoch is not None:
-            self.fence.admit(epoch)
+            self.fence.admit(*epoch)
         entry = self._staged.pop(upload, None)
         if entry is None:
             raise NotFound(f"upload {upload[:8]} of {name!r} is not staged here: retry the put")

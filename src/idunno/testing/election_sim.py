@@ -27,11 +27,12 @@ Model:
   different sides of the partition (a request in flight when its sender dies, or cut off).
 - A claim needs `replicas` members in the claimant's view (the store refuses a put otherwise).
 The defaults model ControlPlane as it is: the reign is announced on a claim, on a standby change
-and to every node that joins the leader's view, and a node learns it no other way.
+and to every node that joins the leader's view, and followers re-read the epoch file.
 
-Checks while running (`violations`): one claimant per epoch; every epoch whose assignments
-workers accepted has one issuer; no worker accepts an epoch below one it accepted or admitted
-before. `settled()` tells whether exactly one node leads and every live node's reign names it.
+Fencing tokens are (epoch, coordinator), as in `Fence`. Checks while running (`violations`): one
+claimant per token; every token whose assignments workers accepted has one issuer; no worker
+accepts a token below one it accepted or admitted before. `settled()` tells whether exactly one
+node leads and every live node's reign names it.
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ class SimConfig:
     # "every_round" to every node it sees, every round; "on_claim" never.
     announce: AnnouncePolicy = "on_join"
     epochs: EpochSource = "counter"
-    # How a node that does not lead learns a reign it missed, besides announcements (plane.py
-    # does none of these): "store" re-reads the epoch file when its fence has admitted a newer
-    # epoch than its reign's; "ask" adopts the reign of the coordinator its reign names when that
-    # node does not lead; "peers" adopts, every round, the newest reign of the nodes it reaches.
-    relearn: RelearnPolicy = "never"
+    # How a node that does not lead learns a reign it missed, besides announcements: "store"
+    # (what plane.py does) re-reads the epoch file when its fence has admitted a newer token
+    # than its reign's, and every `reread_every` rounds; "ask" adopts the reign of the
+    # coordinator its reign names when that node does not lead; "peers" adopts, every round, the
+    # newest reign of the nodes it reaches; "never" only listens to announcements.
+    relearn: RelearnPolicy = "store"
+    reread_every: int = 6  # rounds between a follower's periodic re-reads of the epoch file
     replicas: int = 1  # a claim (a store put) needs this many members in the claimant's view
     persist_fence: bool = True
     p_crash: float = 0.05
@@ -109,10 +112,12 @@ class ElectionSim:
         self.inbox: list[Announcement] = []
         self.history: list[tuple[object, ...]] = []
         self.violations: list[str] = []
-        self.claims: dict[int, str] = {}  # epoch -> claimant
+        self.claims: dict[tuple[int, str], str] = {}  # fencing token -> claimant
         self.claim_log: list[tuple[int, str, int, str | None]] = []  # round, node, epoch, standby
-        self.issuers: dict[int, set[str]] = {}  # epoch -> leaders whose assignments were accepted
-        self.seen: dict[str, int] = dict.fromkeys(self.nodes, 0)  # oracle of each fence
+        # fencing token (epoch, coordinator) -> leaders whose assignments workers accepted
+        self.issuers: dict[tuple[int, str], set[str]] = {}
+        # oracle of each fence: the highest token each node admitted
+        self.seen: dict[str, tuple[int, str]] = dict.fromkeys(self.nodes, (0, ""))
         self.accepted = 0
 
     # --- the world ------------------------------------------------------------------------
@@ -155,7 +160,7 @@ class ElectionSim:
         node = self.nodes.get(name)
         if node is None:
             node = self.nodes[name] = SimNode(name)
-            self.seen[name] = 0
+            self.seen[name] = (0, "")
             self.side[name] = 0
         elif not self.cfg.persist_fence:
             node.fence = Fence()
@@ -262,7 +267,8 @@ class ElectionSim:
 
     def _relearn(self, node: SimNode) -> None:
         if self.cfg.relearn == "store":
-            if node.fence.epoch > (node.reign.epoch if node.reign else 0):
+            known = node.reign.key[:2] if node.reign else (0, "")
+            if node.fence.token > known or self.round % self.cfg.reread_every == 0:
                 node.reign = roles.newer(node.reign, self._read_epoch_file(node.name))
         elif self.cfg.relearn == "ask":
             named = node.reign.coordinator if node.reign else None
@@ -285,15 +291,16 @@ class ElectionSim:
         standby = roles.choose_standby(node.reign, node.name, node.view)
         reign = Reign(epoch, node.name, standby)
         self._write_epoch_file(node.name, reign)
-        if epoch in self.claims:
-            self._violate(f"epoch {epoch} claimed by {self.claims[epoch]} and by {node.name}")
-        self.claims.setdefault(epoch, node.name)
+        token = (epoch, node.name)
+        if token in self.claims:
+            self._violate(f"token {token} claimed by {self.claims[token]} and by {node.name}")
+        self.claims.setdefault(token, node.name)
         try:
-            node.fence.admit(epoch)
+            node.fence.admit(epoch, node.name)
         except StaleEpoch:
             self._log("claim_refused", node.name, epoch)
             return
-        self.seen[node.name] = max(self.seen[node.name], epoch)
+        self.seen[node.name] = max(self.seen[node.name], (epoch, node.name))
         node.reign = reign
         node.leading = epoch
         self._log("claim", node.name, epoch, standby)
@@ -304,7 +311,7 @@ class ElectionSim:
         assert node.reign is not None and node.leading is not None
         standby = roles.choose_standby(node.reign, node.name, node.view)
         if standby != node.reign.standby:
-            node.reign = Reign(node.leading, node.name, standby)
+            node.reign = Reign(node.leading, node.name, standby, node.reign.seq + 1)
             self._log("standby", node.name, node.leading, standby)
             self._announce(node)
         elif self.cfg.announce == "every_round":
@@ -321,14 +328,17 @@ class ElectionSim:
             return  # lost: the connection failed
         receiver = self.nodes[a.target]
         try:
-            receiver.fence.admit(a.reign.epoch)
+            receiver.fence.admit(a.reign.epoch, a.reign.coordinator)
         except StaleEpoch:
             sender = self.nodes[a.sender]
             if sender.leading == a.reign.epoch:
                 self._step_down(sender, f"409 from {a.target}")
             return
-        self.seen[a.target] = max(self.seen[a.target], a.reign.epoch)
-        if receiver.leading is not None and a.reign.epoch > receiver.leading:
+        self.seen[a.target] = max(self.seen[a.target], (a.reign.epoch, a.reign.coordinator))
+        if receiver.leading is not None and (a.reign.epoch, a.sender) > (
+            receiver.leading,
+            a.target,
+        ):
             self._step_down(receiver, f"epoch {a.reign.epoch} announced by {a.sender}")
         receiver.reign = roles.newer(receiver.reign, a.reign)
 
@@ -340,20 +350,20 @@ class ElectionSim:
             if not self.reaches(leader.name, worker):
                 continue
             try:
-                self.nodes[worker].fence.admit(epoch)
+                self.nodes[worker].fence.admit(epoch, leader.name)
             except StaleEpoch:
                 self._step_down(leader, f"409 from worker {worker}")
                 return
-            if epoch < self.seen[worker]:
+            token = (epoch, leader.name)
+            if token < self.seen[worker]:
                 self._violate(
-                    f"{worker} accepted epoch {epoch} from {leader.name} after seeing "
-                    f"{self.seen[worker]}"
+                    f"{worker} accepted {token} from {leader.name} after seeing {self.seen[worker]}"
                 )
-            self.seen[worker] = max(self.seen[worker], epoch)
-            issuers = self.issuers.setdefault(epoch, set())
+            self.seen[worker] = max(self.seen[worker], token)
+            issuers = self.issuers.setdefault(token, set())
             issuers.add(leader.name)
             if len(issuers) > 1:
-                self._violate(f"workers accepted epoch {epoch} from {sorted(issuers)}")
+                self._violate(f"workers accepted token {token} from {sorted(issuers)}")
             self.accepted += 1
 
     def _step_down(self, node: SimNode, why: str) -> None:

@@ -643,3 +643,14 @@ def test_pending_holds_deques_after_a_round_trip() -> None:
     loaded = ControlState.from_snapshot(unpack(pack(s.snapshot())))
     assert isinstance(loaded.scheduler.jobs["j"].pending, deque)
     assert loaded.scheduler.fill(["w1"], 2.0)[0].queries == (8, 9, 10, 11)
+
+
+def test_a_dropped_submission_leaves_no_trace_and_ignores_its_results() -> None:
+    s = ControlState()
+    s.apply(submit_op(spec("j", 8, batch_size=4)))
+    (b, _) = s.scheduler.fill(["w0"], 1.0)
+    s.apply({"op": "drop", "job": "j"})
+    assert "j" not in s.books and "j" not in s.scheduler.jobs and not s.scheduler.batches
+    assert s.apply(complete_op(b, [result(q, batch=b.id, t=2.0) for q in b.queries], 2.0)) == []
+    s.apply(submit_op(spec("j", 8, batch_size=4)))  # the id is free again
+    assert s.job_view("j", 3.0)["done"] == 0

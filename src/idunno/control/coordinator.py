@@ -18,7 +18,7 @@ from typing import Any
 
 from idunno.control import durable
 from idunno.control.mirror import MirrorLink
-from idunno.control.rpc import Rpc, RpcError
+from idunno.control.rpc import Rpc, RpcError, refuses_connections
 from idunno.control.scheduler import MAX_BATCH, Batch, JobStatus, SchedulerError
 from idunno.control.state import ControlState, JobSpec
 from idunno.inference import catalog
@@ -30,7 +30,7 @@ LOAD_PATH = "/v1/internal/work/load"
 FLUSH_INTERVAL_S = 1.0
 RUN_TIMEOUT_S = 120.0  # backstop only: failures are found by the connection or by membership
 LOAD_TIMEOUT_S = 120.0
-EXCLUDE_S = 1.0  # a worker whose connection failed gets no batch for this long
+EXCLUDE_S = 0.5  # how often a worker whose connection failed is probed
 TOP_K = 5
 FIRST_BATCH = 1  # queries in a new job's urgent first batch
 MAX_WEIGHT = 1000.0
@@ -76,7 +76,8 @@ class Coordinator:
         self.costs: dict[str, dict[str, float]] = {}  # worker -> model -> s/query
         self.disabled: set[str] = set()  # workers started with no inference threads
         self._training: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._excluded: dict[str, float] = {}
+        self._excluded: dict[str, float] = {}  # worker -> when to probe it again
+        self._probing: set[str] = set()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seq = 0
@@ -157,10 +158,19 @@ class Coordinator:
             submitted_at=time.time(),
             labels=record.labels,
         )
-        await self._save_spec(spec, JobStatus.RUNNING, batch_size)
+        # The spec is made durable while the first batches already run: the submission is
+        # acknowledged only once both the store and the standby have it, but its first result
+        # does not wait for the store write.
+        saving = asyncio.ensure_future(self._save_spec(spec, JobStatus.RUNNING, batch_size))
         await self.commit([{"op": "submit", "spec": spec.to_json(), "t": spec.submitted_at}])
         self.pump()
         self._first_batch(job_id)  # if pump() found no room for it
+        try:
+            await saving
+        except Exception:
+            await self.commit([{"op": "drop", "job": job_id}])  # never acknowledged: undo it
+            self.pump()
+            raise
         self.log(
             "job_submitted",
             job=job_id,
@@ -317,12 +327,34 @@ class Coordinator:
     # --- dispatch --------------------------------------------------------------------------
 
     def _workers(self, include_training: bool = False) -> list[str]:
-        now = time.monotonic()
+        live = self.live()
         return sorted(
             w
-            for w in self.live()
-            if w not in self.disabled and (include_training or self._excluded.get(w, 0) <= now)
+            for w in live
+            if w not in self.disabled and (include_training or not self._is_excluded(w, live[w]))
         )
+
+    def _is_excluded(self, worker: str, addr: str) -> bool:
+        """A worker whose connection failed gets no batch until a probe finds its port open
+        again (or membership drops it): a dead node that membership has not confirmed yet
+        must not be handed the batches just requeued from it."""
+        until = self._excluded.get(worker)
+        if until is None:
+            return False
+        if time.monotonic() >= until and worker not in self._probing:
+            self._probing.add(worker)
+            self.spawn(self._probe(worker, addr), f"probe-{worker}")
+        return True
+
+    async def _probe(self, worker: str, addr: str) -> None:
+        try:
+            if await refuses_connections(addr) is False:
+                self._excluded.pop(worker, None)
+                self.pump()
+            else:
+                self._excluded[worker] = time.monotonic() + EXCLUDE_S
+        finally:
+            self._probing.discard(worker)
 
     def pump(self) -> None:
         """Hand out batches until every worker holds its share (called on every event)."""
@@ -398,7 +430,10 @@ class Coordinator:
     async def _run(self, batch: Batch, adopt: bool = False, urgent: bool = False) -> None:
         """Send a batch (or, for a batch the previous reign sent, collect its reply from the
         worker) and account for the answer."""
-        spec = self.state.books[batch.job].spec
+        book = self.state.books.get(batch.job)
+        if book is None:
+            return
+        spec = book.spec
         addr = self.live().get(batch.worker)
         try:
             if addr is None:
@@ -458,7 +493,6 @@ class Coordinator:
     async def _accept(self, batch: Batch, spec: JobSpec, reply: dict[str, Any]) -> None:
         per_query_ms = float(reply.get("per_query_s", 0.0)) * 1000
         now = time.time()
-        epoch = int(reply.get("epoch", self.epoch))
         results = [
             {
                 "q": int(r["q"]),
@@ -469,7 +503,7 @@ class Coordinator:
                 "error": r.get("error"),
                 "worker": batch.worker,
                 "processing_ms": per_query_ms,
-                "epoch": epoch,
+                "epoch": self.epoch,  # the reign that accepted it
                 "batch": batch.id,
                 "t": now,
             }
@@ -477,7 +511,9 @@ class Coordinator:
         ]
         op = {"op": "complete", "batch": batch.id, "job": batch.job, "results": results, "t": now}
         await self.commit([op])
-        job = self.state.scheduler.jobs[batch.job]
+        job = self.state.scheduler.jobs.get(batch.job)
+        if job is None:  # a submission undone meanwhile
+            return
         if job.status == JobStatus.DONE and batch.job not in self._done_logged:
             self._done_logged.add(batch.job)
             self.log(

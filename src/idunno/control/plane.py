@@ -28,7 +28,7 @@ from idunno.control.coordinator import Coordinator
 from idunno.control.fence import Fence, StaleEpoch
 from idunno.control.mirror import MirrorLink
 from idunno.control.roles import Reign
-from idunno.control.rpc import Rpc, RpcError
+from idunno.control.rpc import Rpc, RpcError, refuses_connections
 from idunno.control.scheduler import JobStatus
 from idunno.control.state import ControlState, JobSpec
 from idunno.membership.core import MemberChanged
@@ -75,6 +75,7 @@ class ControlPlane:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._reread: asyncio.Task[None] | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -85,12 +86,10 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self._stopping = True
-        for t in (self._task, self._watch):
-            if t is not None:
-                t.cancel()
-        await asyncio.gather(
-            *(t for t in (self._task, self._watch) if t is not None), return_exceptions=True
-        )
+        tasks = [t for t in (self._task, self._watch, self._reread) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._step_down("node stopping")
 
     def kick(self) -> None:
@@ -113,12 +112,16 @@ class ControlPlane:
     def leading(self) -> bool:
         return self.coordinator is not None
 
-    def live(self) -> dict[str, str]:
+    def presumed_dead(self) -> frozenset[str]:
         now = time.monotonic()
         for name, until in list(self._presumed_dead.items()):
             if until < now:
                 del self._presumed_dead[name]
-        return {n: a for n, a in self._live().items() if n not in self._presumed_dead}
+        return frozenset(self._presumed_dead)
+
+    def live(self) -> dict[str, str]:
+        gone = self.presumed_dead()
+        return {n: a for n, a in self._live().items() if n not in gone}
 
     def role_of(self, member: str) -> str:
         return roles.role_of(member, self.reign, self.live())
@@ -147,11 +150,14 @@ class ControlPlane:
         live = self.live()
         known = self.reign.key[:2] if self.reign else (0, "")
         stale = self.fence.token > known or time.monotonic() > self._reread_at
-        if self.coordinator is None and stale:
+        if self.coordinator is None and stale and self._epoch_read:
             # A node that missed an announcement (it was cut off, or the announcer died right
             # after claiming) learns the reign from the store: at once if its fence has seen a
-            # newer token, else every REREAD_S.
-            self._epoch_read = False
+            # newer token, else every REREAD_S. In the background: a store read can wait seconds
+            # on a paused node, and the rule must keep running meanwhile (a takeover is due).
+            self._reread_at = time.monotonic() + REREAD_S
+            if self._reread is None or self._reread.done():
+                self._reread = asyncio.create_task(self._refresh_reign(), name="reread-reign")
         if not self._epoch_read:
             await self._read_epoch_file()
             if not self._epoch_read:
@@ -177,6 +183,12 @@ class ControlPlane:
         self._adopt(Reign(v.version, str(doc["coordinator"]), doc.get("standby")))
         self._epoch_read = True
         self._reread_at = time.monotonic() + REREAD_S
+
+    async def _refresh_reign(self) -> None:
+        before = self.reign
+        await self._read_epoch_file()
+        if self.reign != before:
+            self.kick()
 
     def _adopt(self, reign: Reign) -> None:
         self.reign = roles.newer(self.reign, reign)
@@ -381,8 +393,8 @@ class ControlPlane:
         refuses connections, its process is gone: take over without waiting for membership."""
         while not self._stopping and self.reign is not None and self.reign.standby == self.me:
             reign = self.reign
-            addr = self._live().get(reign.coordinator)
-            if addr is None or reign.coordinator in self._presumed_dead:
+            addr = self.live().get(reign.coordinator)
+            if addr is None:
                 return
             try:
                 async with self.rpc.session.get(
@@ -397,7 +409,7 @@ class ControlPlane:
                         pass
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
-            if await _refuses_connections(addr):
+            if await refuses_connections(addr):
                 self.log(
                     "coordinator_gone",
                     level="warning",
@@ -414,17 +426,3 @@ class ControlPlane:
         while self.coordinator is not None and self.coordinator.epoch == epoch:
             await writer(b".")
             await asyncio.sleep(WATCH_BEAT_S)
-
-
-async def _refuses_connections(addr: str) -> bool:
-    host, _, port = addr.rpartition(":")
-    try:
-        _, w = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 0.5)
-    except (ConnectionRefusedError, ConnectionResetError):
-        return True
-    except (OSError, TimeoutError):
-        return False
-    w.close()
-    with contextlib.suppress(OSError):
-        await w.wait_closed()
-    return False

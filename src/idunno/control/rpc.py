@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -71,3 +73,19 @@ def _error_text(data: bytes, status: int) -> str:
     if isinstance(obj, dict) and "error" in obj:
         return str(obj["error"])
     return f"HTTP {status}"
+
+
+async def refuses_connections(addr: str) -> bool | None:
+    """True if nothing listens at addr (the process is gone), False if something accepts a
+    connection, None if neither is known within the timeout (a paused or cut-off host)."""
+    host, _, port = addr.rpartition(":")
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 0.5)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    except (OSError, TimeoutError):
+        return None
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+    return False

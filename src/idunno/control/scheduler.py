@@ -116,6 +116,12 @@ class Scheduler:
             del self.batches[b.id]
         return dropped
 
+    def drop(self, job_id: str) -> None:
+        """Forget a job entirely (its submission failed); its batches' results are ignored."""
+        self.jobs.pop(job_id, None)
+        for b in [b for b in self.batches.values() if b.job == job_id]:
+            del self.batches[b.id]
+
     def set_batch_size(self, job_id: str, n: int) -> None:
         """Takes effect from the next batch dispatched."""
         self._job(job_id).batch_size = check_batch_size(n)

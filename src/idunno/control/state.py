@@ -13,6 +13,7 @@ Ops:
     {"op": "batch_size", "job": id, "n": n}
     {"op": "cancel", "job": id, "t": now}
     {"op": "flushed", "job": id, "queries": [index...]}
+    {"op": "drop", "job": id}           a submission that failed before it was acknowledged
 
 A result is a dict: {q, id, class_ids, scores, output, error, worker, processing_ms, epoch,
 batch, t}; exactly one per query is kept (the first accepted), see `Scheduler.complete`.
@@ -130,6 +131,9 @@ class ControlState:
             self.scheduler.set_batch_size(str(op["job"]), int(op["n"]))
         elif kind == "cancel":
             self.scheduler.cancel(str(op["job"]), float(op["t"]))
+        elif kind == "drop":  # a submission whose spec never became durable (not acknowledged)
+            self.scheduler.drop(str(op["job"]))
+            self.books.pop(str(op["job"]), None)
         elif kind == "flushed":
             done = set(int(q) for q in op["queries"])
             book = self.books[op["job"]]

@@ -98,11 +98,15 @@ class Node:
             raise OSError(f"{type(exc).__name__}: {exc}") from None
 
     def live_view(self) -> dict[str, str]:
-        """name -> address of members not failed or departed (suspects still count)."""
+        """name -> address of members not failed or departed (suspects still count), minus
+        those the control plane found gone before membership confirmed it (their port refused
+        connections), so the store stops writing to a dead coordinator at once too."""
+        control: ControlPlane | None = getattr(self, "control", None)
+        gone = control.presumed_dead() if control is not None else frozenset()
         return {
             m.name: m.addr
             for m in self.membership.core.members.values()
-            if m.status in (Status.ALIVE, Status.SUSPECT)
+            if m.status in (Status.ALIVE, Status.SUSPECT) and m.name not in gone
         }
 
     async def start(self) -> None:

@@ -29,6 +29,7 @@ from idunno.node.logs import read_events
 
 DIGITS = "digits"
 DIGITS_TOTAL = 1797
+DIGITS_X4 = "digits_x4"  # the digits four times over (7,188 items): jobs that run longer
 DIGITS_MODELS = ("digits_mlp", "digits_logreg")
 TOP_K = 5
 RESULTS_LIMIT = 100_000
@@ -54,14 +55,17 @@ def add_builtin_model(client: Client, name: str) -> int:
     return int(added.record.version)
 
 
-def add_digits_dataset(client: Client) -> None:
-    """Store scikit-learn's 1,797 digits as dataset `digits` (ids "0".."1796"), as
-    `idunno dataset add digits --builtin` does."""
+def add_digits_dataset(client: Client, name: str = DIGITS, times: int = 1) -> int:
+    """Store scikit-learn's 1,797 digits as dataset NAME, as `idunno dataset add digits
+    --builtin` does; with `times` > 1 the digits repeat (item i is digit i % 1797) for longer
+    jobs. Ids are "0", "1", ... Returns the number of items."""
     from idunno.inference.digits import digit_items
 
-    catalog.Catalog(client).add_dataset(
-        DIGITS, "digits", digit_items(), "scikit-learn load_digits (test)", (64,)
-    )
+    digits = [data for _, data in digit_items()]
+    items = ((str(i), digits[i % len(digits)]) for i in range(len(digits) * times))
+    origin = "scikit-learn load_digits (test)" + (f", {times} times" if times > 1 else "")
+    catalog.Catalog(client).add_dataset(name, "digits", items, origin, (64,))
+    return len(digits) * times
 
 
 def add_digits_catalog(client: Client, models: Sequence[str] = DIGITS_MODELS) -> None:
@@ -224,13 +228,13 @@ def reference_topk(
     )
 
 
-def digits_reference(client: Client, model: str) -> Reference:
-    """The reference for MODEL on the `digits` dataset, from the bytes the store holds (the
+def digits_reference(client: Client, model: str, dataset: str = DIGITS) -> Reference:
+    """The reference for MODEL on a digits DATASET, from the bytes the store holds (the
     model's current version and the manifest's pinned shards)."""
     cat = catalog.Catalog(client)
     record = cat.model(model)
     model_bytes = cat.get_bytes(catalog.model_file(model), record.version)
-    manifest = cat.dataset(DIGITS)
+    manifest = cat.dataset(dataset)
     items = [data for _, data in cat.items(manifest)]
     return reference_topk(model, model_bytes, items)
 

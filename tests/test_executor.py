@@ -532,3 +532,27 @@ def test_next_batch_is_decoded_while_the_current_one_runs(
     # ... so the wall time is below the serial sum of decode + inference.
     assert pipelined_wall < work
     assert pipelined_wall < serial_wall
+
+
+def test_an_urgent_batch_preempts_the_running_one_which_then_completes(
+    executor: Executor, runner: asyncio.Runner
+) -> None:
+    """A new job's first batch (urgent) stops the long batch ONNX Runtime is running, runs,
+    and the stopped batch runs again from the start: both answer, the urgent one first."""
+    long_items, urgent_items = photos(48), photos(1, seed=5)
+
+    async def scenario() -> tuple[BatchResult, BatchResult, float]:
+        long = asyncio.create_task(executor.run("long", "resnet18", long_items))
+        await asyncio.sleep(0.3)  # well into the long batch's inference
+        t0 = time.monotonic()
+        urgent = await executor.run("urgent", "alexnet", urgent_items, urgent=True)
+        waited = time.monotonic() - t0
+        return await long, urgent, waited
+
+    long, urgent, waited = runner.run(scenario())
+    assert urgent.finished < long.finished
+    assert all(r.ok for r in long.results) and len(long.results) == 48
+    assert urgent.results[0].ok
+    # Without preemption the urgent batch would wait for most of 48 ResNet18 queries.
+    assert waited < long.infer_s / 2, (waited, long.infer_s)
+    assert long.infer_s > 0.5

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.client import HTTPResponse
@@ -103,6 +104,25 @@ class Client:
             f"cannot reach a node at {self.at} ({why}): is it running? "
             "Start a local cluster with `idunno up` or pass --at HOST:PORT"
         )
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    def grep_logs(
+        self, pattern: str, regex: bool = False, ignore_case: bool = False, limit: int = 1000
+    ) -> dict[str, Any]:
+        """This node's log lines matching `pattern`: {node, count, lines, truncated}."""
+        query = urllib.parse.urlencode(
+            {
+                "pattern": pattern,
+                "regex": "1" if regex else "0",
+                "ignore_case": "1" if ignore_case else "0",
+                "limit": str(limit),
+            }
+        )
+        out: dict[str, Any] = self._request("GET", f"/v1/logs/grep?{query}")
+        return out
 
     def members(self) -> dict[str, Any]:
         out: dict[str, Any] = self._request("GET", "/v1/members")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from idunno import __version__
-from idunno.cli import job_cmds, model_cmds, store_cmds
+from idunno.cli import job_cmds, logs_cmds, model_cmds, store_cmds
 from idunno.cli.options import add_cluster_options
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register_models(add, _client)
     model_cmds.register_datasets(add, _client)
     job_cmds.register(add, _client)
+    logs_cmds.register(add, _client)
 
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
     p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")

@@ -23,7 +23,8 @@ from idunno.inference.catalog import CatalogError
 
 PLANE_KEY: web.AppKey[ControlPlane] = web.AppKey("control")
 FORWARDED = "X-Idunno-Forwarded"
-FORWARD_TIMEOUT_S = 150.0  # training every worker may take a while
+FORWARD_TIMEOUT_S = 4.0  # below the CLI's 5 s: a silent coordinator becomes a 503 to retry
+TRAIN_TIMEOUT_S = 150.0  # training every worker may take a while
 MAX_RESULTS_LIMIT = 100_000
 
 Handler = Callable[[web.Request, Coordinator], Awaitable[Any]]
@@ -80,7 +81,9 @@ async def _forward(request: web.Request, plane: ControlPlane) -> web.StreamRespo
             f"http://{addr}{request.rel_url}",
             data=body or None,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+            timeout=aiohttp.ClientTimeout(
+                total=TRAIN_TIMEOUT_S if request.path == "/v1/train" else FORWARD_TIMEOUT_S
+            ),
         ) as r:
             data = await r.read()
             return web.Response(body=data, status=r.status, content_type="application/json")

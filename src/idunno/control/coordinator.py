@@ -83,6 +83,8 @@ class Coordinator:
         self._seq = 0
         self._done_logged: set[str] = set()
         self.deposed = False
+        # job, model, seconds from dispatch to accepted result: for /metrics
+        self.on_batch_done: Callable[[str, str, float], None] | None = None
         self._last_reply: dict[str, float] = {}  # worker -> when its last batch came back
         self._names = 0
         self.started_at = time.time()
@@ -511,6 +513,8 @@ class Coordinator:
         ]
         op = {"op": "complete", "batch": batch.id, "job": batch.job, "results": results, "t": now}
         await self.commit([op])
+        if self.on_batch_done is not None:
+            self.on_batch_done(batch.job, spec.model, max(0.0, now - batch.dispatched_at))
         job = self.state.scheduler.jobs.get(batch.job)
         if job is None:  # a submission undone meanwhile
             return

@@ -78,6 +78,7 @@ class ControlPlane:
         self._reread: asyncio.Task[None] | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_batch_done: Callable[[str, str, float], None] | None = None  # for /metrics
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -197,10 +198,20 @@ class ControlPlane:
         previous = self.reign
         standby = roles.choose_standby(previous, self.me, live)
         doc = {"coordinator": self.me, "standby": standby, "claimed_at": time.time()}
-        try:
-            epoch = await self.store.put_bytes(durable.EPOCH_FILE, durable.dump_json(doc))
-        except Exception as exc:
-            self.log("claim_failed", level="warning", detail=str(exc)[:300])
+        epoch = 0
+        # The store numbers the claim one above the versions live nodes hold; if the previous
+        # reign's copies all died with it, that number may not exceed the epoch this node has
+        # already seen announced: claim again until it does (each put numbers one higher).
+        for _ in range(3):
+            try:
+                epoch = await self.store.put_bytes(durable.EPOCH_FILE, durable.dump_json(doc))
+            except Exception as exc:
+                self.log("claim_failed", level="warning", detail=str(exc)[:300])
+                return
+            if epoch > self.fence.epoch:
+                break
+        else:
+            self.log("claim_failed", level="warning", detail=f"epoch {epoch} not above fence")
             return
         try:
             self.fence.admit(epoch, self.me)
@@ -220,7 +231,7 @@ class ControlPlane:
         reign = Reign(epoch, self.me, standby)
         self.reign = reign
         mirror = MirrorLink(self.rpc, epoch, self.me, state.snapshot, self.log)
-        self.coordinator = Coordinator(
+        coordinator = self.coordinator = Coordinator(
             self.me,
             epoch,
             state,
@@ -231,15 +242,18 @@ class ControlPlane:
             self.log,
             self._deposed,
         )
+        coordinator.on_batch_done = self.on_batch_done
         await self._announce(reign)
+        if self.coordinator is not coordinator:
+            return  # deposed while announcing (a newer token answered 409)
         mirror.set_target(standby, live.get(standby) if standby else None)
         # Batch ids carry the epoch in their high bits, so no two reigns reuse one.
         state.scheduler.number_from(epoch << BATCH_ID_BITS)
         # Batches the previous reign sent are still running on their workers: a hot takeover
         # collects their replies; a cold one knows none (its state has no batches in flight).
         stale = list(state.scheduler.batches)
-        self.coordinator.start()
-        self.coordinator.adopt(stale)
+        coordinator.start()
+        coordinator.adopt(stale)
         self.log(
             "coordinator_elected",
             epoch=epoch,
@@ -251,7 +265,7 @@ class ControlPlane:
             took_ms=round((time.monotonic() - t0) * 1000, 1),
         )
         if hot:
-            self.coordinator.spawn(self._reconcile(), "reconcile")
+            coordinator.spawn(self._reconcile(), "reconcile")
 
     async def _keep_standby(self, live: dict[str, str]) -> None:
         assert self.coordinator is not None and self.reign is not None

@@ -171,14 +171,15 @@ def pick_output(session: Any) -> tuple[str, ScoreKind, int | None]:
 # --- running ----------------------------------------------------------------------------------
 
 
-def forward(slot: ModelSlot, batch: Array) -> Array:
+def forward(slot: ModelSlot, batch: Array, options: Any = None) -> Array:
     """The chosen output for a batch of any size: one run for a dynamic batch dimension,
-    chunks of the fixed size (the last one zero-padded) otherwise."""
+    chunks of the fixed size (the last one zero-padded) otherwise. `options` (ort.RunOptions)
+    lets another thread stop the run (preemption by an urgent batch)."""
     if len(batch) == 0:
         return np.empty((0, 0), dtype=np.float32)
     size = slot.fixed_batch
     if size is None:
-        return _run(slot, batch)
+        return _run(slot, batch, options)
     outputs = []
     for start in range(0, len(batch), size):
         chunk = batch[start : start + size]
@@ -186,12 +187,12 @@ def forward(slot: ModelSlot, batch: Array) -> Array:
         if count < size:
             padding = np.zeros((size - count, *chunk.shape[1:]), dtype=chunk.dtype)
             chunk = np.concatenate([chunk, padding])
-        outputs.append(_run(slot, chunk)[:count])
+        outputs.append(_run(slot, chunk, options)[:count])
     return np.concatenate(outputs)
 
 
-def _run(slot: ModelSlot, batch: Array) -> Array:
-    output: Array = slot.session.run([slot.output_name], {slot.input_name: batch})[0]
+def _run(slot: ModelSlot, batch: Array, options: Any = None) -> Array:
+    output: Array = slot.session.run([slot.output_name], {slot.input_name: batch}, options)[0]
     return output
 
 
@@ -361,13 +362,27 @@ class PriorityLane:
             with self._ready:
                 while not self._heap:
                     self._ready.wait()
-                _, _, fn, args, future = heapq.heappop(self._heap)
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the waiter, like concurrent.futures does
-                future.set_exception(exc)
+                task = heapq.heappop(self._heap)
+            _execute(task[2], task[3], task[4])
+
+    def run_urgent_now(self) -> None:
+        """Run the queued urgent (priority 0) tasks here and now: called from this lane's own
+        thread by a task that was preempted for them."""
+        while True:
+            with self._ready:
+                if not self._heap or self._heap[0][0] != 0:
+                    return
+                task = heapq.heappop(self._heap)
+            _execute(task[2], task[3], task[4])
+
+
+def _execute(fn: Callable[..., Any], args: tuple[Any, ...], future: Future[Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # handed to the waiter, like concurrent.futures does
+        future.set_exception(exc)
 
 
 class Child:
@@ -376,6 +391,10 @@ class Child:
         self.channel = channel
         self.decoder = PriorityLane("decode")
         self.inferrer = PriorityLane("infer")
+        # The run in ONNX Runtime now: (its RunOptions, its priority); an urgent batch stops a
+        # normal one, which runs again right after it.
+        self._current: tuple[Any, int] | None = None
+        self._current_lock = threading.Lock()
         # A model's load is in flight or done; runs wait for it (in the decode thread).
         self.models: dict[str, Future[ModelSlot]] = {}
 
@@ -400,8 +419,14 @@ class Child:
             slot = self.models.get(request["model"])
             priority = 0 if request.get("urgent") else 1
             decoding = self.decoder.submit(self.decode, request, slot, priority=priority)
-            inferring = self.inferrer.submit(self.infer, request, decoding, priority=priority)
+            inferring = self.inferrer.submit(
+                self.infer, request, decoding, priority, priority=priority
+            )
             self._reply_when_done(call_id, inferring)
+            if priority == 0:
+                with self._current_lock:
+                    if self._current is not None and self._current[1] > 0:
+                        self._current[0].terminate = True
         elif op == "unload":
             self.models.pop(request["model"], None)
             self.channel.send({"id": call_id, "ok": None})
@@ -418,17 +443,30 @@ class Child:
             raise ModelError(f"model {name!r} is not loaded (its load failed)") from None
         return decode_batch(slot, request["items"])
 
-    def infer(self, request: dict[str, Any], decoding: Future[Decoded]) -> BatchResult:
+    def infer(
+        self, request: dict[str, Any], decoding: Future[Decoded], priority: int = 1
+    ) -> BatchResult:
         decoded = decoding.result()
         infer_started, clock = time.monotonic(), time.perf_counter()
         slot, items = decoded.slot, request["items"]
-        try:
-            output = forward(slot, decoded.batch)
-        except Exception as exc:
-            batch = request["batch"]
-            raise ModelError(
-                f"model {slot.name!r} failed on batch {batch!r}: {one_line(exc)}"
-            ) from None
+        while True:
+            options = ort.RunOptions()
+            options.log_severity_level = 4  # a preempted run is not an error worth a log line
+            with self._current_lock:
+                self._current = (options, priority)
+            try:
+                output = forward(slot, decoded.batch, options)
+                break
+            except Exception as exc:
+                if not options.terminate:
+                    batch = request["batch"]
+                    raise ModelError(
+                        f"model {slot.name!r} failed on batch {batch!r}: {one_line(exc)}"
+                    ) from None
+            finally:
+                with self._current_lock:
+                    self._current = None
+            self.inferrer.run_urgent_now()  # preempted: the urgent batch first, then ours again
         good_ids = [items[i][0] for i in decoded.good]
         by_position = dict(
             zip(decoded.good, answers(output, good_ids, slot.scores, request["top_k"]), strict=True)

@@ -258,6 +258,7 @@ class WorkerService:
         self._fetching: dict[tuple[str, str, int], asyncio.Task[_Shard]] = {}
         self._running = 0
         self._warming: asyncio.Task[None] | None = None
+        self.on_batch_done: Callable[[str, float], None] | None = None  # model, s: /metrics
         # batch id -> (job, its run, when it finished): kept RUN_MEMORY_S for `collect`
         self._runs: dict[int, tuple[str, asyncio.Future[dict[str, Any]], float | None]] = {}
 
@@ -567,6 +568,8 @@ class WorkerService:
                 }
         finally:
             self._running -= 1
+        if self.on_batch_done is not None:
+            self.on_batch_done(spec.name, time.time() - started)
         return {
             "worker": self.me,
             "epoch": epoch,

@@ -14,6 +14,7 @@ higher incarnation.
 from __future__ import annotations
 
 import random
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +146,9 @@ class MembershipCore:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._out: list[Effect] = []
+        # For /metrics: protocol counters and the round-trip times of recent direct probes.
+        self.counters: Counter[str] = Counter()
+        self.probe_rtts: deque[float] = deque(maxlen=256)
         self.leaving = False
         self._corrections: list[Update] = []  # refutations the current packet's sender missed
         self._next_probe = now
@@ -355,6 +359,7 @@ class MembershipCore:
         if target is None:
             return
         self._seq += 1
+        self.counters["probes"] += 1
         self._probe = _Probe(
             target=target.name,
             seq=self._seq,
@@ -389,6 +394,7 @@ class MembershipCore:
 
     def _probe_failed(self, now: float, probe: _Probe) -> None:
         self._probe = None
+        self.counters["probes_failed"] += 1
         if probe.expected_nacks > 0:
             # Helpers that did not even nack suggest the fault is ours, not the target's.
             self.awareness.apply(max(0, probe.expected_nacks - probe.nacks))
@@ -410,6 +416,8 @@ class MembershipCore:
             case Ack(seq):
                 probe = self._probe
                 if probe is not None and probe.seq == seq:
+                    if not probe.indirect_sent:
+                        self.probe_rtts.append(now - probe.started)
                     self._probe_succeeded(now, probe)
                 relay = self._relays.pop(seq, None)
                 if relay is not None:
@@ -513,6 +521,7 @@ class MembershipCore:
         max_s = self.config.suspicion_max_mult * min_s
         k = expected_confirmations(self.config.suspicion_mult, n)
         self._suspicions[s.name] = Suspicion(now, s.accuser, k, min_s, max_s)
+        self.counters["suspicions"] += 1
         m.incarnation = s.incarnation
         self._set_status(now, m, Status.SUSPECT)
         self._broadcasts.queue(s)
@@ -578,6 +587,7 @@ class MembershipCore:
         alive = Alive(self.name, self.addr, me.incarnation)
         self._broadcasts.queue(alive)
         self._out.append(Note("refuted", {"incarnation": me.incarnation, "why": why}))
+        self.counters["refutations"] += 1
         # Gossip reaches everyone only with high probability; the accuser is the one whose
         # timer will declare us failed, so it gets the refutation directly as well.
         accused_by = self.members.get(accuser) if accuser else None

@@ -3,13 +3,17 @@ cluster key; errors are JSON `{"error": "<one line>"}`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from idunno.membership.codec import DecodeError
+from idunno.node.grep import DEFAULT_LIMIT, MAX_LIMIT, BadPattern, Matcher, search
+from idunno.node.logs import LOG_FILE
 from idunno.store.api import store_errors
 from idunno.transport import tokens
 
@@ -51,6 +55,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status >= 400 and exc.content_type != "application/json":
             return error(exc.status, exc.reason or "request failed")
         raise
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug: logged with its traceback, answered in one line
+        node = request.app[NODE_KEY]
+        node.log(
+            "http_error",
+            level="error",
+            method=request.method,
+            path=request.path,
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            traceback=traceback.format_exc()[-3000:],
+        )
+        return error(
+            500,
+            f"internal error on node {node.name} ({type(exc).__name__}): "
+            "see its log (`idunno logs grep http_error`)",
+        )
 
 
 def member_row(node: Node, m: Any) -> dict[str, Any]:
@@ -108,6 +129,34 @@ async def post_push_pull(request: web.Request) -> web.Response:
     return web.Response(body=reply, content_type="application/msgpack")
 
 
+async def get_grep(request: web.Request) -> web.Response:
+    """GET /v1/logs/grep?pattern=P[&regex=1][&ignore_case=1][&limit=N]: this node's log lines
+    that match, and how many there are."""
+    node = request.app[NODE_KEY]
+    q = request.query
+    try:
+        matcher = Matcher(q.get("pattern", ""), q.get("regex") == "1", q.get("ignore_case") == "1")
+    except BadPattern as exc:
+        return error(400, str(exc))
+    limit_text = q.get("limit", str(DEFAULT_LIMIT))
+    if not limit_text.isdigit():
+        return error(400, f"?limit= must be a whole number, got {limit_text!r}")
+    limit = min(int(limit_text), MAX_LIMIT)
+    path = node.data_dir / LOG_FILE
+
+    def scan() -> tuple[list[str], int]:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return search(matcher, f, limit)
+        except FileNotFoundError:
+            return [], 0
+
+    lines, count = await asyncio.to_thread(scan)
+    return web.json_response(
+        {"node": node.name, "count": count, "lines": lines, "truncated": count > len(lines)}
+    )
+
+
 def build_app(node: Node, key: bytes) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware(key), store_errors],
@@ -118,4 +167,5 @@ def build_app(node: Node, key: bytes) -> web.Application:
     app.router.add_get("/v1/self", get_self)
     app.router.add_post("/v1/leave", post_leave)
     app.router.add_post("/v1/internal/push-pull", post_push_pull)
+    app.router.add_get("/v1/logs/grep", get_grep)
     return app

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from idunno.control import api as control_api
 from idunno.control.fence import Fence
@@ -27,6 +28,7 @@ from idunno.membership.messages import Status
 from idunno.membership.shell import Faults, MembershipShell
 from idunno.node.api import build_app
 from idunno.node.logs import EventLog
+from idunno.node.metrics import NodeMetrics
 from idunno.store import api as store_api
 from idunno.store.disk import DiskStore
 from idunno.store.peers import Peers
@@ -73,6 +75,10 @@ class Node:
         self.store: StoreService  # set in start()
         self.worker: WorkerService  # set in start()
         self.control: ControlPlane  # set in start()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def request_stop(self, leave: bool = True) -> None:
         self._leave_on_stop = leave
@@ -133,12 +139,21 @@ class Node:
         )
         rpc = Rpc(self._session, opts.key)
         self.control = ControlPlane(opts.name, self.store, rpc, self.live_view, fence, self.log)
+        self.metrics = NodeMetrics()
+        self.worker.on_batch_done = lambda model, s: self.metrics.worker_batch.labels(
+            model
+        ).observe(s)
+        self.control.on_batch_done = lambda job, model, s: self.metrics.batch_round_trip.labels(
+            job, model
+        ).observe(s)
         self.membership.listeners.append(lambda _change: self.store.kick())
         self.membership.listeners.append(self.control.on_member_change)
         app = build_app(self, opts.key)
         store_api.add_routes(app, self.store)
         worker_api.add_routes(app, self.worker)
         control_api.add_routes(app, self.control)
+        self.metrics.attach(self)
+        app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:

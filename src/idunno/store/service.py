@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
@@ -99,6 +100,7 @@ class StoreService:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_round: dict[str, Any] = {}
+        self.repairs: Counter[str] = Counter()  # totals for /metrics
         self.fence = Fence()  # the node replaces it with its persisted one
 
     # --- membership ---------------------------------------------------------------------
@@ -596,6 +598,9 @@ class StoreService:
             ):
                 await asyncio.to_thread(self.disk.drop, name)
                 dropped.append(name)
+        self.repairs["versions_pushed"] += pushed
+        self.repairs["copies_dropped"] += len(dropped)
+        self.repairs["rounds"] += 1
         self.last_round = {
             "took_s": round(time.monotonic() - t0, 3),
             "pushed": pushed,

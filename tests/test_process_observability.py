@@ -21,7 +21,11 @@ def scrape(c: ProcCluster, node: str, token: str | None = None) -> dict[str, lis
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.headers["Content-Type"].startswith("text/plain")
         text = r.read().decode()
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+    samples: dict[str, list] = {}  # type: ignore[type-arg]
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:  # by sample name: counters end in _total, and so on
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
 
 
 def value(samples: list, **labels: str) -> float:  # type: ignore[type-arg]
@@ -60,6 +64,8 @@ def test_metrics_describe_members_store_role_and_jobs(
     assert value(m["idunno_coordinator_epoch"]) == control["epoch"]
     assert value(m["idunno_probes_total"]) > 0
     assert value(m["idunno_probe_rtt_seconds"], quantile="0.5") > 0
+    assert value(m["idunno_traffic_bytes_total"], transport="udp", direction="sent") > 0
+    assert value(m["idunno_store_repairs_total"], kind="rounds") >= 1
     assert value(m["idunno_store_bytes"]) > 0
     assert value(m["idunno_job_queries_done"], name="m") == 1797
     assert value(m["idunno_job_queue_depth"], name="m") == 0

@@ -135,8 +135,7 @@ class Coordinator:
         name = body.get("name")
         if name is not None:
             name = catalog.validate_name(str(name), "job")
-        record = await self._model_record(model)
-        manifest = await self._manifest(dataset)
+        record, manifest = await asyncio.gather(self._model_record(model), self._manifest(dataset))
         _check_fit(record, manifest)
         job_id = "j" + uuid.uuid4().hex[:8]
         if name is None:
@@ -164,10 +163,15 @@ class Coordinator:
         # acknowledged only once both the store and the standby have it, but its first result
         # does not wait for the store write.
         saving = asyncio.ensure_future(self._save_spec(spec, JobStatus.RUNNING, batch_size))
-        await self.commit([{"op": "submit", "spec": spec.to_json(), "t": spec.submitted_at}])
+        op = {"op": "submit", "spec": spec.to_json(), "t": spec.submitted_at}
+        self.state.apply(op)
+        mirrored = self.mirror.send(self.state.applied - 1, [op])
+        # No await since applying: the first batch goes out before any other event can hand
+        # the new job a normal batch queued behind a worker's running one.
         self.pump()
         self._first_batch(job_id)  # if pump() found no room for it
         try:
+            await mirrored
             await saving
         except Exception:
             await self.commit([{"op": "drop", "job": job_id}])  # never acknowledged: undo it

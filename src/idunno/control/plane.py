@@ -243,9 +243,9 @@ class ControlPlane:
             self._deposed,
         )
         coordinator.on_batch_done = self.on_batch_done
-        await self._announce(reign)
-        if self.coordinator is not coordinator:
-            return  # deposed while announcing (a newer token answered 409)
+        # Announced while work already resumes: workers learn the new token from its first
+        # batches anyway, and a 409 from any node deposes this reign through `_deposed`.
+        coordinator.spawn(self._announce(reign), "announce")
         mirror.set_target(standby, live.get(standby) if standby else None)
         # Batch ids carry the epoch in their high bits, so no two reigns reuse one.
         state.scheduler.number_from(epoch << BATCH_ID_BITS)

@@ -534,16 +534,18 @@ def test_next_batch_is_decoded_while_the_current_one_runs(
     assert pipelined_wall < serial_wall
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.3], ids=["while-decoding", "while-running"])
 def test_an_urgent_batch_preempts_the_running_one_which_then_completes(
-    executor: Executor, runner: asyncio.Runner
+    executor: Executor, runner: asyncio.Runner, delay: float
 ) -> None:
-    """A new job's first batch (urgent) stops the long batch ONNX Runtime is running, runs,
-    and the stopped batch runs again from the start: both answer, the urgent one first."""
+    """A new job's first batch (urgent) stops the long batch ONNX Runtime is running (or goes
+    ahead of it if that one is still being decoded), runs, and the stopped batch runs again
+    from the start: both answer, the urgent one first."""
     long_items, urgent_items = photos(48), photos(1, seed=5)
 
     async def scenario() -> tuple[BatchResult, BatchResult, float]:
         long = asyncio.create_task(executor.run("long", "resnet18", long_items))
-        await asyncio.sleep(0.3)  # well into the long batch's inference
+        await asyncio.sleep(delay)
         t0 = time.monotonic()
         urgent = await executor.run("urgent", "alexnet", urgent_items, urgent=True)
         waited = time.monotonic() - t0

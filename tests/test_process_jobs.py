@@ -430,8 +430,9 @@ def test_job_results_by_query_and_by_page(env: Env, idunno: CliRunner, digits_jo
 def test_two_jobs_run_at_once_with_rates_and_shares(env: Env, idunno: CliRunner) -> None:
     e = env
     ids = {
-        submit(e, idunno, "both-mlp", "digits_mlp", "digits", 4),
-        submit(e, idunno, "both-logreg", "digits_logreg", "digits", 16),
+        # Small batches: the two must overlap long enough to be observed running together.
+        submit(e, idunno, "both-mlp", "digits_mlp", "digits", 1),
+        submit(e, idunno, "both-logreg", "digits_logreg", "digits", 2),
     }
     client = e.client()
     seen: dict[str, Any] = {}

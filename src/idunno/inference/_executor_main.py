@@ -365,6 +365,10 @@ class PriorityLane:
                 task = heapq.heappop(self._heap)
             _execute(task[2], task[3], task[4])
 
+    def has_urgent(self) -> bool:
+        with self._ready:
+            return bool(self._heap) and self._heap[0][0] == 0
+
     def run_urgent_now(self) -> None:
         """Run the queued urgent (priority 0) tasks here and now: called from this lane's own
         thread by a task that was preempted for them."""
@@ -454,6 +458,13 @@ class Child:
             options.log_severity_level = 4  # a preempted run is not an error worth a log line
             with self._current_lock:
                 self._current = (options, priority)
+            # An urgent batch queued before we became current (handle() found nothing to stop):
+            # it goes first. After this check, handle() sees us as current and stops us instead.
+            if priority > 0 and self.inferrer.has_urgent():
+                with self._current_lock:
+                    self._current = None
+                self.inferrer.run_urgent_now()
+                continue
             try:
                 output = forward(slot, decoded.batch, options)
                 break

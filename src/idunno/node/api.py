@@ -29,10 +29,33 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+# Served without a token: they hold no data and no secret (the dashboard page asks for a
+# token, or reads it from the link `idunno dashboard` prints, and sends it with each request).
+PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/dashboard/",)
+# GET routes that also take the token as `?access_token=` (RFC 6750), for a browser's
+# EventSource, which cannot send headers.
+QUERY_TOKEN_PREFIXES = ("/v1/dashboard/",)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 def auth_middleware(key: bytes) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_public(request.path) and request.method in ("GET", "HEAD"):
+            return await handler(request)
         header = request.headers.get("Authorization", "")
+        query_token = request.query.get("access_token")
+        if (
+            not header
+            and query_token
+            and request.method == "GET"
+            and request.path.startswith(QUERY_TOKEN_PREFIXES)
+        ):
+            header = f"Bearer {query_token}"
         if not header.startswith("Bearer "):
             return error(
                 401,

@@ -109,6 +109,41 @@ class Client:
     def key(self) -> bytes:
         return self._key
 
+    @classmethod
+    def local(cls, directory: str | None = None, timeout: float = 5.0) -> Client:
+        """A client for the local cluster `idunno up` started (DIR/cluster.json, its key)."""
+        from idunno.localcluster import (
+            DEFAULT_DIR,
+            KEY_FILE,
+            ClusterError,
+            cluster_nodes,
+            is_running,
+        )
+        from idunno.transport import keys
+
+        base = Path(directory) if directory else DEFAULT_DIR
+        try:
+            nodes = [n for n in cluster_nodes(base) if is_running(n)]
+        except ClusterError as exc:
+            raise ClientError(str(exc)) from None
+        if not nodes:
+            raise ClientError(f"no node of the local cluster in {base} runs: `idunno up`")
+        return cls(nodes[0].address, keys.load(None, base / KEY_FILE), timeout=timeout)
+
+    def models(self) -> list[dict[str, Any]]:
+        """The models in the store (their records: name, preprocess, input shape, labels...)."""
+        from idunno.inference.catalog import Catalog
+
+        records, _ = Catalog(self).models()
+        return [r.to_json() for r in records]
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The datasets in the store (their manifests without the item ids)."""
+        from idunno.inference.catalog import Catalog
+
+        manifests, _ = Catalog(self).datasets()
+        return [m.summary() for m in manifests]
+
     def grep_logs(
         self, pattern: str, regex: bool = False, ignore_case: bool = False, limit: int = 1000
     ) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from idunno import __version__
-from idunno.cli import job_cmds, logs_cmds, model_cmds, store_cmds
+from idunno.cli import config_cmds, dashboard_cmds, job_cmds, logs_cmds, model_cmds, store_cmds
 from idunno.cli.options import add_cluster_options
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
@@ -27,9 +27,11 @@ from idunno.localcluster import (
     start_cluster,
     stop_cluster,
 )
-from idunno.membership.config import PRESETS, preset
+from idunno.membership.config import PRESETS
 from idunno.store.names import InvalidName
 from idunno.transport import keys
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class UsageError(Exception):
@@ -84,26 +86,53 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    from idunno import config
     from idunno.membership.shell import Faults
     from idunno.node.server import Node, NodeOptions, StartupError
-    from idunno.store.service import StoreConfig
 
-    host, port = _parse_hostport(args.listen, "--listen")
-    advertise = args.advertise or args.listen
+    # Flags beat the environment, which beats the file (--config / $IDUNNO_CONFIG), which
+    # beats the defaults (`idunno config show` prints the result).
+    settings, _ = config.load(args.config)
+    settings = config.with_flags(
+        settings,
+        {
+            ("node", "listen"): args.listen,
+            ("node", "advertise"): args.advertise,
+            ("node", "join"): args.join,
+            ("node", "name"): args.name,
+            ("node", "data_dir"): args.data_dir,
+            ("node", "preset"): args.preset,
+            ("node", "inference_threads"): args.inference_threads,
+            ("node", "log_level"): args.log_level,
+            ("store", "replicas"): args.replicas,
+            ("store", "min_replicas"): args.min_replicas,
+            ("store", "keep_versions"): args.keep_versions,
+        },
+    )
+    node = config.values(settings, "node")
+    host, port = _parse_hostport(node["listen"], "--listen")
+    advertise = node["advertise"] or node["listen"]
     ahost, _ = _parse_hostport(advertise, "--advertise")
     if ahost in ("0.0.0.0", "::"):
         raise UsageError("--listen on a wildcard address needs --advertise HOST:PORT for peers")
-    seeds = tuple(s.strip() for s in (args.join or "").split(",") if s.strip())
+    seeds = tuple(node["join"])
     for s in seeds:
         _parse_hostport(s, "--join")
-    name = args.name or f"{socket.gethostname()}-{port}"
+    name = node["name"] or f"{socket.gethostname()}-{port}"
     if not name.isprintable() or len(name) > 128 or any(c in name for c in "/\\ "):
         raise UsageError(f"--name {name!r} must be printable, at most 128 chars, no spaces or /")
-    data_dir = Path(args.data_dir or DEFAULT_DIR / "nodes" / name).resolve()
-    cfg = preset(args.preset)
-    if args.replicas < 1 or args.keep_versions < 1 or args.min_replicas < 1:
+    data_dir = Path(node["data_dir"] or DEFAULT_DIR / "nodes" / name).resolve()
+    if node["preset"] not in PRESETS:
+        raise UsageError(f"preset {node['preset']!r} is unknown: one of {', '.join(PRESETS)}")
+    if node["log_level"] not in LOG_LEVELS:
+        raise UsageError(
+            f"log level {node['log_level']!r} is unknown: one of {', '.join(LOG_LEVELS)}"
+        )
+    cfg, _ = config.membership(settings)
+    store = config.store(settings)
+    if store.replicas < 1 or store.keep_versions < 1 or store.min_replicas < 1:
         raise UsageError("--replicas, --min-replicas and --keep-versions must be at least 1")
-    if not 0 <= args.inference_threads <= 64:
+    if not 0 <= node["inference_threads"] <= 64:
         raise UsageError("--inference-threads must be from 0 (no inference work) to 64")
     opts = NodeOptions(
         name=name,
@@ -113,16 +142,12 @@ def cmd_node(args: argparse.Namespace) -> int:
         seeds=seeds,
         data_dir=data_dir,
         key=keys.load(args.key_file),
-        preset=args.preset,
+        preset=node["preset"],
         config=cfg,
         faults=Faults(drop=args.fault_drop),
-        store=StoreConfig(
-            replicas=args.replicas,
-            min_replicas=args.min_replicas,
-            keep_versions=args.keep_versions,
-        ),
-        stderr_level=args.log_level,
-        inference_threads=args.inference_threads,
+        store=store,
+        stderr_level=node["log_level"],
+        inference_threads=node["inference_threads"],
     )
     try:
         asyncio.run(Node(opts).run())
@@ -269,7 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("node", cmd_node, "run one node in the foreground", common=False)
     p.add_argument(
         "--listen",
-        required=True,
         metavar="HOST:PORT",
         help="UDP (failure detector) and TCP (HTTP API) address",
     )
@@ -278,24 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="node data dir (default .idunno/nodes/NAME)")
     p.add_argument("--name", help="unique node name (default HOSTNAME-PORT)")
     p.add_argument("--key-file", metavar="FILE", help="cluster key (or $IDUNNO_CLUSTER_KEY)")
-    p.add_argument("--preset", default="lan", choices=sorted(PRESETS), help="timing preset")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="timing preset (default lan)")
     p.add_argument(
         "--log-level",
-        default="info",
+        default=None,
         choices=["debug", "info", "warning", "error"],
         help="stderr verbosity (the JSON log always has everything)",
     )
     p.add_argument(
         "--replicas",
         type=int,
-        default=4,
+        default=None,
         metavar="R",
         help="copies of every stored file (default 4: survives any 3 failures)",
     )
     p.add_argument(
         "--min-replicas",
         type=int,
-        default=2,
+        default=None,
         metavar="M",
         help="live nodes a write needs (default 2); with fewer than R live, files are written "
         "to every live node and re-replicated to R when nodes return",
@@ -303,14 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-versions",
         type=int,
-        default=5,
+        default=None,
         metavar="K",
         help="versions kept per file (default 5)",
     )
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration (default $IDUNNO_CONFIG; see `idunno config show`)",
+    )
+    p.add_argument(
         "--inference-threads",
         type=int,
-        default=1,
+        default=None,
         metavar="T",
         help="ONNX Runtime intra-op threads of this node's worker (default 1; 0: takes no jobs)",
     )
@@ -328,7 +357,27 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register_datasets(add, _client)
     job_cmds.register(add, _client)
     logs_cmds.register(add, _client)
+    dashboard_cmds.register(add, _client)
+    config_cmds.register(add)
 
+    p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
+    p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=7100,
+        metavar="P",
+        help="first port; node i gets P+i (default 7100)",
+    )
+    p.add_argument("--preset", default="lan", choices=sorted(PRESETS), help="timing preset")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=4,
+        metavar="R",
+        help="copies of every stored file (default 4)",
+    )
+    add("down", cmd_down, "stop the local cluster started by `idunno up`")
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
     p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")
     p.add_argument(

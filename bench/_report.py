@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -277,3 +279,17 @@ def startup_failures_md(failures: list[dict[str, Any]]) -> str:
     """The markdown section listing cluster starts that had to be retried."""
     lines = [f"- {x['cluster']} attempt {x['attempt']}: {x['error']}" for x in failures]
     return "## Cluster starts that did not converge (retried)\n\n" + "\n".join(lines)
+
+
+def run_info(settings: Any, t0: float, load0: tuple[float, float, float]) -> dict[str, Any]:
+    """How a benchmark was run: its command line, settings (a dataclass), wall time, load."""
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "quick": getattr(settings, "quick", False),
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()
+        },
+        "wall_s": time.monotonic() - t0,
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
+    }

@@ -72,10 +72,9 @@ from _report import log
 from idunno.client import Client, ClientError
 from idunno.control import durable
 from idunno.inference import catalog
-from idunno.localcluster import KEY_FILE, ClusterError, free_ports, start_cluster, wait_converged
+from idunno.localcluster import ClusterError, wait_converged
 from idunno.node.logs import read_events
 from idunno.testing.procs import ProcCluster, WaitTimeoutError, wait_for
-from idunno.transport import keys
 
 T = TypeVar("T")
 
@@ -291,28 +290,10 @@ class Cluster(ProcCluster):
         node_extra: Mapping[str, Sequence[str]] | None = None,
         preset: str = PRESET,
     ) -> None:
-        super().__init__(n, directory, preset=preset)
-        self.node_extra = {k: tuple(v) for k, v in (node_extra or {}).items()}
+        super().__init__(n, directory, preset=preset, node_extra=node_extra)
 
     def __enter__(self) -> Cluster:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            nodes = start_cluster(
-                self.directory,
-                self.n,
-                ports=free_ports(self.n),
-                preset=self.preset,
-                timeout=self.start_timeout,
-                handles=self._procs,
-                node_extra=self.node_extra,
-            )
-        except BaseException:
-            self.close()
-            raise
-        self.key = keys.load(str(self.directory / KEY_FILE))
-        for nd in nodes:
-            self.nodes[nd.name] = nd
-            self._started.append(nd)
+        super().__enter__()
         return self
 
     def restart_node(self, name: str) -> None:
@@ -1954,16 +1935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data: dict[str, Any] = {
         "machine": _report.machine_info(),
         "git": _report.git_info(),
-        "run": {
-            "command": " ".join(["python", *sys.argv]),
-            "quick": settings.quick,
-            "settings": {
-                k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
-            },
-            "wall_s": time.monotonic() - t0,
-            "loadavg_start": load0,
-            "loadavg_end": os.getloadavg(),
-        },
+        "run": _report.run_info(settings, t0, load0),
         "targets": {
             "first_result_p95_s": FIRST_RESULT_TARGET_S,
             "worker_sigkill_p95_s": WORKER_KILL_TARGET_S,

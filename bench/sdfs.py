@@ -1152,16 +1152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_sections(h)
     data: dict[str, Any] = {
         "machine": _report.machine_info(),
-        "run": {
-            "command": " ".join(["python", *sys.argv]),
-            "quick": settings.quick,
-            "settings": {
-                k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
-            },
-            "wall_s": time.monotonic() - t0,
-            "loadavg_start": load0,
-            "loadavg_end": os.getloadavg(),
-        },
+        "run": _report.run_info(settings, t0, load0),
         "targets": {
             "put_ratio_min": PUT_RATIO_TARGET,
             "get_ratio_min": GET_RATIO_TARGET,

@@ -202,24 +202,24 @@ def _packed(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=pack(obj), status=status, content_type=MSGPACK)
 
 
-async def i_reign(request: web.Request) -> web.Response:
-    plane = request.app[PLANE_KEY]
+async def _apply_internal(
+    request: web.Request, apply: Callable[[dict[str, Any]], dict[str, Any]], what: str
+) -> web.Response:
+    """A control message from another node: 409 for a stale epoch, 400 for a bad message."""
     try:
-        return _packed(plane.receive_reign(await _msgpack(request)))
+        return _packed(apply(await _msgpack(request)))
     except StaleEpoch as exc:
         return _packed({"error": str(exc)}, 409)
     except (KeyError, ValueError, TypeError) as exc:
-        return _packed({"error": f"bad reign announcement: {exc}"}, 400)
+        return _packed({"error": f"bad {what}: {exc}"}, 400)
+
+
+async def i_reign(request: web.Request) -> web.Response:
+    return await _apply_internal(request, request.app[PLANE_KEY].receive_reign, "announcement")
 
 
 async def i_mirror(request: web.Request) -> web.Response:
-    plane = request.app[PLANE_KEY]
-    try:
-        return _packed(plane.receive_mirror(await _msgpack(request)))
-    except StaleEpoch as exc:
-        return _packed({"error": str(exc)}, 409)
-    except (KeyError, ValueError, TypeError) as exc:
-        return _packed({"error": f"bad mirror message: {exc}"}, 400)
+    return await _apply_internal(request, request.app[PLANE_KEY].receive_mirror, "mirror message")
 
 
 async def i_watch(request: web.Request) -> web.StreamResponse:

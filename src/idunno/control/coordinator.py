@@ -196,26 +196,26 @@ class Coordinator:
         return f"{model}-{k}"
 
     async def _model_record(self, model: str) -> catalog.ModelRecord:
-        try:
-            _, data = await self.store.read_bytes(catalog.model_record_file(model), None)
-        except NotFound:
-            raise JobError(
-                f"unknown model {model!r}: add it with `idunno model add` "
-                "(`idunno model list` shows the models there are)",
-                404,
-            ) from None
-        return catalog.ModelRecord.from_json(_json(data), catalog.model_record_file(model))
+        file = catalog.model_record_file(model)
+        hint = "add it with `idunno model add` (`idunno model list` shows the models there are)"
+        doc = await self._catalog_doc(file, f"unknown model {model!r}: {hint}")
+        return catalog.ModelRecord.from_json(doc, file)
 
     async def _manifest(self, dataset: str) -> catalog.DatasetManifest:
+        file = catalog.manifest_file(dataset)
+        hint = (
+            "add it with `idunno dataset add` or `idunno dataset sample` "
+            "(`idunno dataset list` shows them)"
+        )
+        doc = await self._catalog_doc(file, f"unknown dataset {dataset!r}: {hint}")
+        return catalog.DatasetManifest.from_json(doc, file)
+
+    async def _catalog_doc(self, file: str, unknown: str) -> Any:
         try:
-            _, data = await self.store.read_bytes(catalog.manifest_file(dataset), None)
+            _, data = await self.store.read_bytes(file, None)
         except NotFound:
-            raise JobError(
-                f"unknown dataset {dataset!r}: add it with `idunno dataset add` or "
-                "`idunno dataset sample` (`idunno dataset list` shows them)",
-                404,
-            ) from None
-        return catalog.DatasetManifest.from_json(_json(data), catalog.manifest_file(dataset))
+            raise JobError(unknown, 404) from None
+        return _json(data)
 
     async def _save_spec(self, spec: JobSpec, status: JobStatus, batch_size: int) -> None:
         doc = spec.to_json() | {"status": status.value, "batch_size": batch_size}

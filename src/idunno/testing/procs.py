@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -60,8 +60,11 @@ class ProcCluster:
         preset: str = "lan",
         extra: Sequence[str] = (),
         start_timeout: float = 30.0,
+        node_extra: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.n = n
+        # Per-node extra arguments on top of `extra` (e.g. {"n3": ["--inference-threads", "0"]}).
+        self.node_extra = {k: tuple(v) for k, v in (node_extra or {}).items()}
         self.directory = Path(directory)
         self.preset = preset
         self.extra = tuple(extra)
@@ -84,6 +87,7 @@ class ProcCluster:
                 timeout=self.start_timeout,
                 extra=self.extra,
                 handles=self._procs,
+                node_extra=self.node_extra,
             )
         except BaseException:
             self.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from idunno import __version__
-from idunno.cli import config_cmds, dashboard_cmds, job_cmds, logs_cmds, model_cmds, store_cmds
+from idunno.cli import config_cmds, job_cmds, logs_cmds, model_cmds, store_cmds
 from idunno.cli.options import add_cluster_options
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
@@ -255,7 +255,19 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from idunno.demo import run_demo
 
-    code: int = run_demo(_cluster_dir(args) if args.dir else None, keep=args.keep)
+    if not 1 <= args.base_port <= 65535 - 5:
+        raise UsageError(f"--base-port must be 1..65530, got {args.base_port}")
+    if not 16 <= args.photos <= 100_000:
+        raise UsageError(f"--photos must be 16..100000, got {args.photos}")
+    from idunno.demo.cluster import DemoError
+
+    try:
+        code: int = run_demo(
+            _cluster_dir(args), keep=args.keep, base_port=args.base_port, photos=args.photos
+        )
+    except DemoError as exc:
+        print(f"idunno: error: {exc}", file=sys.stderr)
+        return 1
     return code
 
 
@@ -357,7 +369,6 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register_datasets(add, _client)
     job_cmds.register(add, _client)
     logs_cmds.register(add, _client)
-    dashboard_cmds.register(add, _client)
     config_cmds.register(add)
 
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
@@ -378,8 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="copies of every stored file (default 4)",
     )
     add("down", cmd_down, "stop the local cluster started by `idunno up`")
-    p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")
-    p.add_argument("--nodes", type=int, default=6, metavar="N", help="how many nodes (default 6)")
+    p = add(
+        "demo",
+        cmd_demo,
+        "start a fresh 6-node cluster, run a ResNet18 and an AlexNet job shown live, SIGKILL a "
+        "worker and then the coordinator midway, report the measurements, stop",
+        common=False,
+    )
+    p.add_argument(
+        "--dir",
+        metavar="D",
+        help="local cluster directory (default: $IDUNNO_DIR or .idunno); node data an earlier "
+        "cluster left in D/nodes is removed",
+    )
+    p.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
     p.add_argument(
         "--base-port",
         type=int,
@@ -387,17 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="first port; node i gets P+i (default 7100)",
     )
-    p.add_argument("--preset", default="lan", choices=sorted(PRESETS), help="timing preset")
     p.add_argument(
-        "--replicas",
+        "--photos",
         type=int,
-        default=4,
-        metavar="R",
-        help="copies of every stored file (default 4)",
+        default=2000,
+        metavar="N",
+        help="sample photos each of the two jobs classifies (default 2000: the jobs take about "
+        "50 s on 2 cores)",
     )
-    add("down", cmd_down, "stop the local cluster started by `idunno up`")
-    p = add("demo", cmd_demo, "start a 6-node cluster, kill a node, time its detection, stop")
-    p.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
     return parser
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from idunno import __version__
-from idunno.cli import config_cmds, job_cmds, logs_cmds, model_cmds, store_cmds
+from idunno.cli import config_cmds, dashboard_cmds, job_cmds, logs_cmds, model_cmds, store_cmds
 from idunno.cli.options import add_cluster_options
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
@@ -369,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register_datasets(add, _client)
     job_cmds.register(add, _client)
     logs_cmds.register(add, _client)
+    dashboard_cmds.register(add, _client)
     config_cmds.register(add)
 
     p = add("up", cmd_up, "start a local cluster of N nodes on 127.0.0.1 in the background")

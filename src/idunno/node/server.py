@@ -20,6 +20,7 @@ from idunno.control import api as control_api
 from idunno.control.fence import Fence
 from idunno.control.plane import ControlPlane
 from idunno.control.rpc import Rpc
+from idunno.dashboard import routes as dashboard_routes
 from idunno.inference import worker_api
 from idunno.inference.worker import WorkerService
 from idunno.membership.config import MembershipConfig
@@ -152,6 +153,7 @@ class Node:
         store_api.add_routes(app, self.store)
         worker_api.add_routes(app, self.worker)
         control_api.add_routes(app, self.control)
+        dashboard_routes.add_routes(app, self)
         self.metrics.attach(self)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -106,7 +106,7 @@ def _int_param(request: web.Request, key: str, default: int | None) -> int | Non
     text = request.query.get(key)
     if text is None:
         return default
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise JobError(f"?{key}= must be a whole number, got {text!r}")
     return min(int(text), MAX_RESULTS_LIMIT)
 
@@ -226,7 +226,11 @@ async def i_watch(request: web.Request) -> web.StreamResponse:
     plane = request.app[PLANE_KEY]
     epoch_text = request.query.get("epoch", "")
     coordinator = plane.coordinator
-    if coordinator is None or not epoch_text.isdigit() or int(epoch_text) != coordinator.epoch:
+    if (
+        coordinator is None
+        or not (epoch_text.isascii() and epoch_text.isdigit())
+        or int(epoch_text) != coordinator.epoch
+    ):
         return _error(409, "not the coordinator of that epoch")
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await resp.prepare(request)

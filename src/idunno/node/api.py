@@ -162,7 +162,7 @@ async def get_grep(request: web.Request) -> web.Response:
     except BadPattern as exc:
         return error(400, str(exc))
     limit_text = q.get("limit", str(DEFAULT_LIMIT))
-    if not limit_text.isdigit():
+    if not (limit_text.isascii() and limit_text.isdigit()):
         return error(400, f"?limit= must be a whole number, got {limit_text!r}")
     limit = min(int(limit_text), MAX_LIMIT)
     path = node.data_dir / LOG_FILE

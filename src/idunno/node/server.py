@@ -27,6 +27,7 @@ from idunno.membership.config import MembershipConfig
 from idunno.membership.core import MembershipCore
 from idunno.membership.messages import Status
 from idunno.membership.shell import Faults, MembershipShell
+from idunno.node import openapi
 from idunno.node.api import build_app
 from idunno.node.logs import EventLog
 from idunno.node.metrics import NodeMetrics
@@ -156,6 +157,7 @@ class Node:
         dashboard_routes.add_routes(app, self)
         self.metrics.attach(self)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(openapi.PATH, openapi.serve)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:

@@ -70,7 +70,7 @@ def _int_query(request: web.Request, key: str) -> int | None:
     text = request.query.get(key)
     if text is None:
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise InvalidName(f"?{key}= must be a positive whole number, got {text!r}")
     return int(text)
 

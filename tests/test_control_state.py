@@ -87,20 +87,7 @@ def complete_op(batch: Batch, results: list[dict[str, Any]], t: float) -> dict[s
 
 def dispatch_ops(state: ControlState, workers: list[str], now: float) -> list[dict[str, Any]]:
     """What `Coordinator.pump` does: the scheduler decides and applies, the op records it."""
-    batches = state.scheduler.fill(workers, now)
-    ops = [
-        {
-            "op": "dispatch",
-            "batch": b.id,
-            "job": b.job,
-            "worker": b.worker,
-            "queries": list(b.queries),
-            "t": now,
-        }
-        for b in batches
-    ]
-    state.applied += len(ops)
-    return ops
+    return state.dispatched(state.scheduler.fill(workers, now), now)
 
 
 class Workload:
@@ -327,12 +314,7 @@ def test_a_late_result_leaves_coordinator_and_standby_identical() -> None:
     log: list[dict[str, Any]] = [submit_op(spec("j", 8, batch_size=4))]
     coord.apply(log[0])
     b1, b2 = coord.scheduler.fill(["w0"], 1.0)
-    log += [
-        {"op": "dispatch", "batch": b.id, "job": b.job, "worker": b.worker,
-         "queries": list(b.queries), "t": 1.0}
-        for b in (b1, b2)
-    ]  # fmt: skip
-    coord.applied += 2
+    log += coord.dispatched([b1, b2], 1.0)
     for op in (
         {"op": "requeue", "batch": b1.id},
         complete_op(b1, [result(q, batch=b1.id, t=3.0) for q in b1.queries], 3.0),

@@ -245,17 +245,7 @@ def assert_refused(
     result: subprocess.CompletedProcess[str], *fragments: str, stdout_empty: bool = True
 ) -> str:
     """The cluster refused: exit 1 with one `idunno: error:` line naming the problem."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("idunno: error: "), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    if stdout_empty:
-        assert result.stdout == ""
-    return line
+    return assert_one_line_error(result, *fragments, code=1, stdout_empty=stdout_empty)
 
 
 def all_results(e: Env, job: str) -> list[dict[str, Any]]:

@@ -385,19 +385,7 @@ class Coordinator:
         batches = self.state.scheduler.fill(workers, now, can_run)
         if not batches:
             return
-        ops = [
-            {
-                "op": "dispatch",
-                "batch": b.id,
-                "job": b.job,
-                "worker": b.worker,
-                "queries": list(b.queries),
-                "t": now,
-            }
-            for b in batches
-        ]
-        # fill() already applied the dispatches; they count as ops and go to the standby now.
-        self.state.applied += len(ops)
+        ops = self.state.dispatched(batches, now)
         self.mirror.send(self.state.applied - len(ops), ops)
         for b in batches:
             self._running[b.id] = asyncio.ensure_future(self._run(b))
@@ -421,16 +409,7 @@ class Coordinator:
         batch = self.state.scheduler.first_batch(job_id, worker, now, FIRST_BATCH)
         if batch is None:
             return
-        op = {
-            "op": "dispatch",
-            "batch": batch.id,
-            "job": batch.job,
-            "worker": batch.worker,
-            "queries": list(batch.queries),
-            "t": now,
-        }
-        self.state.applied += 1
-        self.mirror.send(self.state.applied - 1, [op])
+        self.mirror.send(self.state.applied - 1, self.state.dispatched([batch], now))
         self._running[batch.id] = asyncio.ensure_future(self._run(batch, urgent=True))
 
     async def _run(self, batch: Batch, adopt: bool = False, urgent: bool = False) -> None:

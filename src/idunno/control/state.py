@@ -143,6 +143,23 @@ class ControlState:
         self.applied += 1
         return accepted
 
+    def dispatched(self, batches: Iterable[Batch], now: float) -> list[dict[str, Any]]:
+        """Ops for batches the scheduler handed out here (`fill`, `first_batch` already applied
+        them): they count as applied and go to the standby, which records them."""
+        ops = [
+            {
+                "op": "dispatch",
+                "batch": b.id,
+                "job": b.job,
+                "worker": b.worker,
+                "queries": list(b.queries),
+                "t": now,
+            }
+            for b in batches
+        ]
+        self.applied += len(ops)
+        return ops
+
     def _submit(self, spec: JobSpec, now: float) -> None:
         if any(b.spec.name == spec.name for b in self.books.values()):
             raise SchedulerError(f"a job named {spec.name!r} exists: choose another --name")

@@ -31,6 +31,7 @@ from idunno.inference.digits import digit_items, digits_dataset, preprocess_digi
 from idunno.inference.images import ImageDecodeError, decode_imagenet, sample_images
 from idunno.localcluster import HOST, KEY_FILE, NodeProc, free_ports
 from idunno.node.logs import read_events
+from idunno.testing.jobs import add_digits_dataset
 from idunno.testing.procs import ProcCluster, wait_for
 from tests.conftest import (
     CLI_TIMEOUT,
@@ -518,7 +519,9 @@ def test_set_batch_size_errors_are_one_line(env: Env, idunno: CliRunner, digits_
 
 def test_cancel_stops_a_running_job(env: Env, idunno: CliRunner, digits_job: str) -> None:
     e = env
-    job_id = submit(e, idunno, "to-cancel", "digits_mlp", "digits", 1)
+    # The digits 16 times over: long enough to be still running when the CLI cancels it.
+    total = add_digits_dataset(e.client(), "digits16", times=16)
+    job_id = submit(e, idunno, "to-cancel", "digits_mlp", "digits16", 1)
     wait_for(lambda: e.client().job(job_id)["done"] >= 20, 30, "to-cancel to make progress")
     listing = ok_json(idunno("job", "list", "--json", *e.at()))
     (listed,) = [j for j in listing["jobs"] if j["id"] == job_id]
@@ -527,7 +530,7 @@ def test_cancel_stops_a_running_job(env: Env, idunno: CliRunner, digits_job: str
     out = ok(idunno("job", "cancel", "to-cancel", *e.at()))
     assert out.startswith(f"cancelled job to-cancel ({job_id}) after ")
     done = e.client().job(job_id)["done"]
-    assert 20 <= done < DIGITS
+    assert 20 <= done < total
     deadline = time.monotonic() + 2.0  # watch it for a while: nothing more is accepted
     while time.monotonic() < deadline:
         job = e.client().job(job_id)

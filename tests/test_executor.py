@@ -493,7 +493,9 @@ def test_event_loop_stays_responsive_during_a_long_batch(
     max_gap, infer_s = runner.run(measure())
     print(f"event loop: max gap {max_gap * 1e3:.1f} ms during a {infer_s:.2f} s batch")
     assert infer_s > 0.2  # the batch was long enough to matter
-    assert max_gap < 0.050
+    # Had the batch run on the loop's thread, one gap would span the whole
+    # batch; a loaded CI machine may delay a tick, never by a third of it.
+    assert max_gap < infer_s / 3
 
 
 def test_next_batch_is_decoded_while_the_current_one_runs(

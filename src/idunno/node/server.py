@@ -117,6 +117,11 @@ class Node:
             if m.status in (Status.ALIVE, Status.SUSPECT) and m.name not in gone
         }
 
+    def known_count(self) -> int:
+        """Members this node knows, not departed (failed ones until dead_retention forgets them):
+        what the store's quorums are majorities of."""
+        return sum(1 for m in self.membership.core.members.values() if m.status != Status.LEFT)
+
     async def start(self) -> None:
         opts = self.opts
         loop = asyncio.get_running_loop()
@@ -127,7 +132,13 @@ class Node:
         self._session = aiohttp.ClientSession()
         disk = await asyncio.to_thread(DiskStore, opts.data_dir / "store", opts.store.keep_versions)
         self.store = StoreService(
-            opts.name, disk, self.live_view, Peers(self._session, opts.key), opts.store, self.log
+            opts.name,
+            disk,
+            self.live_view,
+            Peers(self._session, opts.key),
+            opts.store,
+            self.log,
+            known=self.known_count,
         )
         fence = Fence(opts.data_dir / "control" / "fence")
         self.store.fence = fence

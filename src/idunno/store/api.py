@@ -273,9 +273,12 @@ async def i_assign(request: web.Request) -> web.Response:
 
 async def i_top(request: web.Request) -> web.Response:
     svc = request.app[STORE_KEY]
-    name = validate(str((await _json(request))["name"]))
-    meta = svc.disk.meta.get(name)
-    return web.json_response({"top": meta.top if meta else 0})
+    return web.json_response(svc.top(await _json(request)))
+
+
+async def i_reserve(request: web.Request) -> web.Response:
+    svc = request.app[STORE_KEY]
+    return web.json_response(svc.reserve(await _json(request)))
 
 
 async def i_meta(request: web.Request) -> web.Response:
@@ -353,6 +356,7 @@ def add_routes(app: web.Application, svc: StoreService) -> None:
         ("commit", i_commit),
         ("assign", i_assign),
         ("top", i_top),
+        ("reserve", i_reserve),
         ("meta", i_meta),
         ("delete", i_delete),
         ("sync", i_sync),

@@ -42,6 +42,7 @@ from idunno.store.disk import (
 from idunno.store.names import validate
 from idunno.store.peers import PeerError, Peers
 from idunno.store.placement import rank, replica_set
+from idunno.store.quorum import Quorum
 from idunno.store.throttle import Throttle
 
 LogFn = Callable[..., None]
@@ -85,10 +86,14 @@ class StoreService:
         peers: Peers,
         config: StoreConfig,
         log: LogFn,
+        known: Callable[[], int] | None = None,
     ) -> None:
         self.me = me
         self.disk = disk
         self._view = view
+        # Members this node knows (alive, suspect or failed): what quorums are counted against.
+        self._known = known or (lambda: len(self._view()))
+        self._reserved: dict[str, int] = {}  # name -> highest version number promised here
         self.peers = peers
         self.config = config
         self.log = log
@@ -113,6 +118,9 @@ class StoreService:
         """Run a repair round soon (membership changed, or a copy was found corrupt)."""
         self._kick.set()
 
+    def quorum(self) -> Quorum:
+        return Quorum(max(self._known(), len(self.live())), self.config.replicas)
+
     def _need(self, count: int, what: str) -> None:
         need = min(self.config.min_replicas, self.config.replicas)
         if count < need:
@@ -120,6 +128,23 @@ class StoreService:
                 f"only {count} live node{'s' * (count != 1)}, {what} needs {need} "
                 f"(--min-replicas; the replication factor is {self.config.replicas}): "
                 "start more nodes or wait for failed ones to return"
+            )
+        q = self.quorum()
+        if count < q.write:
+            raise Unavailable(
+                f"only {count} of the {q.known} known nodes are reachable, {what} needs a "
+                f"majority ({q.write}) so that a partitioned minority never diverges: wait for "
+                "the partition to heal or failed nodes to return (failed nodes are forgotten "
+                "after an hour)"
+            )
+
+    def _heard(self, answered: int, what: str) -> None:
+        q = self.quorum()
+        if answered < q.read:
+            raise Unavailable(
+                f"{what} heard from only {answered} of the {q.known} known nodes and needs "
+                f"{q.read} to be sure it sees every acknowledged write: retry when the network "
+                "heals"
             )
 
     # --- gateway: put -------------------------------------------------------------------
@@ -260,20 +285,26 @@ class StoreService:
     # --- gateway: reads and listings ----------------------------------------------------
 
     async def locate(self, name: str) -> dict[str, FileMeta]:
-        """What every live member holds of `name` (members that do not answer are skipped)."""
+        """What every live member holds of `name`. Members that do not answer are skipped, but
+        the answers must make a read quorum, or a file could look missing or old."""
         live = self.live()
+        heard = 0
 
         async def one(member: str) -> FileMeta | None:
+            nonlocal heard
             if member == self.me:
+                heard += 1
                 return self.disk.meta.get(name)
             try:
                 out = await self.peers.call(live[member], "meta", {"name": name})
             except PeerError:
                 return None
+            heard += 1
             return FileMeta.from_json(out) if out else None
 
         members = rank(name, live)
         metas = await asyncio.gather(*(one(m) for m in members))
+        self._heard(heard, f"a read of {name!r}")
         return {m: meta for m, meta in zip(members, metas, strict=True) if meta is not None}
 
     async def choose(self, name: str, version: int | None) -> tuple[Version, list[str]]:
@@ -424,25 +455,58 @@ class StoreService:
     # --- authority ----------------------------------------------------------------------
 
     async def assign(self, name: str) -> int:
+        """A version number above every one a read quorum knows of, reserved on enough nodes
+        that any later choice hears of it (an authority on the other side of a partition, or
+        after this one dies, cannot hand out the same number)."""
         validate(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             live = self.live()
-
-            async def top(member: str) -> int:
-                if member == self.me:
-                    meta = self.disk.meta.get(name)
-                    return meta.top if meta else 0
-                try:
-                    out = await self.peers.call(live[member], "top", {"name": name})
-                except PeerError:
-                    return 0
-                return int(out["top"])
-
-            tops = await asyncio.gather(*(top(m) for m in live))
-            version = max([*tops, self._assigned.get(name, 0)]) + 1
+            tops = await asyncio.gather(
+                *(self._ask(m, live, "top", {"name": name}, self.top) for m in live)
+            )
+            known = [int(t["top"]) for t in tops if t is not None]
+            self._heard(len(known), f"numbering a version of {name!r}")
+            version = max([*known, self._assigned.get(name, 0)]) + 1
+            body = {"name": name, "version": version}
+            acks = await asyncio.gather(
+                *(self._ask(m, live, "reserve", body, self.reserve) for m in live)
+            )
+            have = sum(a is not None for a in acks)
+            if have < self.quorum().holders:
+                raise Unavailable(
+                    f"version {version} of {name!r} was reserved on only {have} nodes: retry"
+                )
             self._assigned[name] = version
             return version
+
+    async def _ask(
+        self,
+        member: str,
+        live: dict[str, str],
+        op: str,
+        body: dict[str, Any],
+        local: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """One internal call (run locally for this node); None when the member does not answer."""
+        if member == self.me:
+            return local(body)
+        try:
+            out: dict[str, Any] = await self.peers.call(live[member], op, body)
+        except PeerError:
+            return None
+        return out
+
+    def top(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The highest version number of a name this node holds, deleted or promised."""
+        name = validate(str(body["name"]))
+        meta = self.disk.meta.get(name)
+        return {"top": max(meta.top if meta else 0, self._reserved.get(name, 0))}
+
+    def reserve(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = validate(str(body["name"]))
+        self._reserved[name] = max(self._reserved.get(name, 0), int(body["version"]))
+        return {"ok": True}
 
     # --- replica ------------------------------------------------------------------------
 

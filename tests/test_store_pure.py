@@ -21,6 +21,7 @@ from idunno.store.disk import DiskStore, Version
 from idunno.store.names import MAX_NAME_BYTES, InvalidName, key, validate
 from idunno.store.placement import authority, rank, replica_set, score
 from idunno.store.plan import Answer, Holding, Offer, answer, offers, should_drop
+from idunno.store.quorum import Quorum
 from idunno.store.service import StoreConfig, StoreService
 from idunno.testing.store_sim import InvariantViolation, SimConfig, StoreSim
 
@@ -565,3 +566,24 @@ def test_the_simulation_catches_a_protocol_that_never_re_replicates(
     )
     with pytest.raises(InvariantViolation, match=r"seed 0, step \d+: "):
         StoreSim(0).run()
+
+
+# --- quorums --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("known", "replicas", "write", "holders", "read"),
+    [(1, 4, 1, 1, 1), (3, 4, 2, 2, 2), (6, 4, 4, 4, 3), (7, 4, 4, 4, 4), (20, 4, 11, 4, 17)],
+)
+def test_quorum_sizes(known: int, replicas: int, write: int, holders: int, read: int) -> None:
+    q = Quorum(known, replicas)
+    assert (q.write, q.holders, q.read) == (write, holders, read)
+
+
+def test_every_read_quorum_meets_every_acknowledged_write_and_minorities_cannot_write() -> None:
+    for known in range(1, 40):
+        for replicas in range(1, 8):
+            q = Quorum(known, replicas)
+            assert q.read + q.holders > known  # any two such sets share a node
+            assert 2 * q.write > known  # two sides of a partition never both write
+            assert q.read <= known and q.holders <= q.write

@@ -35,6 +35,7 @@ from idunno.client import (
     _json_object,
     _versions_req,
     failover_gave_up,
+    file_meta,
     http_error_message,
     local_target,
     unreachable_message,
@@ -124,14 +125,17 @@ class AsyncClient(_Api[Awaitable[Json]]):
     async def _send_once(self, req: Req) -> Json:
         data = None if req.body is None else json.dumps(req.body).encode()
         extra = {"Content-Type": "application/json"} if data is not None else {}
-        timeout = aiohttp.ClientTimeout(total=req.timeout or self.timeout)
+        return await self._exchange(req, data, extra, req.timeout or self.timeout)
+
+    async def _exchange(self, req: Req, body: Any, headers: dict[str, str], timeout: float) -> Json:
+        """Send one request and read its JSON object answer; errors as one-line ClientErrors."""
         try:
             async with self._http().request(
                 req.method,
                 f"http://{self.at}{req.path}",
-                data=data,
-                headers=self._headers(extra),
-                timeout=timeout,
+                data=body,
+                headers=self._headers(headers),
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 await self._raise_for(resp)
                 return _json_object(self.at, req, await resp.read())
@@ -170,19 +174,7 @@ class AsyncClient(_Api[Awaitable[Json]]):
         return await self._upload(name, data, headers)
 
     async def _upload(self, name: str, body: Any, headers: dict[str, str]) -> Json:
-        req = Req("PUT", _files_path(name))
-        timeout = aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT)
-        try:
-            async with self._http().put(
-                f"http://{self.at}{req.path}",
-                data=body,
-                headers=self._headers(headers),
-                timeout=timeout,
-            ) as resp:
-                await self._raise_for(resp)
-                return _json_object(self.at, req, await resp.read())
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._unreachable(exc) from None
+        return await self._exchange(Req("PUT", _files_path(name)), body, headers, TRANSFER_TIMEOUT)
 
     async def get(self, name: str, local: Path | str, version: int | None = None) -> Json:
         """Download NAME (newest, or VERSION) to LOCAL, checked end to end; a partial download
@@ -215,13 +207,7 @@ class AsyncClient(_Api[Awaitable[Json]]):
         try:
             async with self._http().get(url, headers=self._headers(), timeout=timeout) as resp:
                 await self._raise_for(resp)
-                meta = {
-                    "name": name,
-                    "version": int(resp.headers["X-Idunno-Version"]),
-                    "sha256": resp.headers["X-Idunno-Sha256"],
-                    "size": int(resp.headers["Content-Length"]),
-                    "created_at": float(resp.headers.get("X-Idunno-Created", "0")),
-                }
+                meta = file_meta(name, resp.headers)
                 async for chunk in resp.content.iter_chunked(UPLOAD_CHUNK):
                     h.update(chunk)
                     sink(chunk)

@@ -372,13 +372,7 @@ class Client(_Api[Json]):
         path = _files_path(name) + query
         redirect = {"X-Idunno-Redirect": "ok"}
         with self._open("GET", path, headers=redirect, timeout=TRANSFER_TIMEOUT) as resp:
-            meta = {
-                "name": name,
-                "version": int(resp.headers["X-Idunno-Version"]),
-                "sha256": resp.headers["X-Idunno-Sha256"],
-                "size": int(resp.headers["Content-Length"]),
-                "created_at": float(resp.headers.get("X-Idunno-Created", "0")),
-            }
+            meta = file_meta(name, resp.headers)
             try:
                 with open(tmp, "wb") as out:
                     while chunk := resp.read(1 << 20):
@@ -401,6 +395,17 @@ class Client(_Api[Json]):
     def versions(self, name: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self._send(_versions_req(name))["versions"]
         return out
+
+
+def file_meta(name: str, headers: Any) -> Json:  # http.client or aiohttp headers
+    """A download's metadata from the node's answer headers."""
+    return {
+        "name": name,
+        "version": int(headers["X-Idunno-Version"]),
+        "sha256": headers["X-Idunno-Sha256"],
+        "size": int(headers["Content-Length"]),
+        "created_at": float(headers.get("X-Idunno-Created", "0")),
+    }
 
 
 def _versions_req(name: str) -> Req:

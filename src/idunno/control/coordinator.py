@@ -83,6 +83,7 @@ class Coordinator:
         self._seq = 0
         self._done_logged: set[str] = set()
         self.deposed = False
+        self.stopped = False
         # job, model, seconds from dispatch to accepted result: for /metrics
         self.on_batch_done: Callable[[str, str, float], None] | None = None
         self._last_reply: dict[str, float] = {}  # worker -> when its last batch came back
@@ -97,6 +98,7 @@ class Coordinator:
         self.pump()
 
     async def stop(self) -> None:
+        self.stopped = True  # from now on nothing is dispatched under this reign's epoch
         tasks = [*self._tasks, *self._running.values(), *self._training.values()]
         for t in tasks:
             t.cancel()
@@ -364,6 +366,8 @@ class Coordinator:
 
     def pump(self) -> None:
         """Hand out batches until every worker holds its share (called on every event)."""
+        if self.stopped or self.deposed:
+            return
         workers = self._workers()
         running = {
             j: b.spec
@@ -395,7 +399,7 @@ class Coordinator:
         the worker whose running batch should end first (the one that replied longest ago):
         its first result then waits for one batch, not for every batch queued before it."""
         spec = self.state.books[job_id].spec
-        if self.state.scheduler.held_by_job(job_id):
+        if self.stopped or self.deposed or self.state.scheduler.held_by_job(job_id):
             return
         ready = [
             w
@@ -540,6 +544,8 @@ class Coordinator:
         self.pump()
 
     def _deposed(self, why: str) -> None:
+        if self.deposed or self.stopped:
+            return  # already stepping down: one notice is enough
         self.deposed = True
         self._on_deposed(why)
 

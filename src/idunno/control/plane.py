@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -228,6 +229,7 @@ class ControlPlane:
         if state is None:
             state = await self._rebuild()
         self.mirror_state = None
+        await self._step_down("a new reign starts")  # never two live instances on one node
         reign = Reign(epoch, self.me, standby)
         self.reign = reign
         mirror = MirrorLink(self.rpc, epoch, self.me, state.snapshot, self.log)
@@ -240,7 +242,7 @@ class ControlPlane:
             self.live,
             mirror,
             self.log,
-            self._deposed,
+            functools.partial(self._deposed_at, epoch),
         )
         coordinator.on_batch_done = self.on_batch_done
         # Announced while work already resumes: workers learn the new token from its first
@@ -290,7 +292,14 @@ class ControlPlane:
             await self.rpc.call(addr, REIGN_PATH, reign.to_json(), ANNOUNCE_TIMEOUT_S)
         except RpcError as exc:
             if exc.status == 409:
-                self._deposed(str(exc))
+                self._deposed_at(reign.epoch, str(exc))
+
+    def _deposed_at(self, epoch: int, why: str) -> None:
+        """A node refused reign `epoch` (409): step down if that is still this node's reign. A
+        refusal that reaches an older reign's leftovers must not depose the current one, or
+        every new reign is deposed by the last one's stragglers and claims the next epoch."""
+        if self.coordinator is not None and self.coordinator.epoch == epoch:
+            self._deposed(why)
 
     def _deposed(self, why: str) -> None:
         if self.coordinator is not None:
@@ -300,7 +309,10 @@ class ControlPlane:
                 epoch=self.coordinator.epoch,
                 detail=why[:300],
             )
-            task = asyncio.ensure_future(self._step_down(why))
+            # Stop this very instance: by the time a task would run, a new claim may have
+            # replaced self.coordinator, and that one must be neither stopped nor orphaned.
+            coordinator, self.coordinator = self.coordinator, None
+            task = asyncio.ensure_future(coordinator.stop())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             self._epoch_read = False  # learn who leads now

@@ -5,6 +5,11 @@ history. Needs root, iproute2 and nftables (`make netns`).
     .venv/bin/python bench/chaos.py --runs 100           # seeds 1..100 (about 1 minute each)
     .venv/bin/python bench/chaos.py --seed 42            # replay one schedule
     .venv/bin/python bench/chaos.py --runs 5 --duration 15 --out /tmp/res
+    .venv/bin/python bench/chaos.py --first 36 --runs 65 --append   # add to chaos.json
+
+With --append the runs join those already in chaos.json (same duration and size); a seed run
+again replaces its row, and the earlier outcome is kept in the row (a failure that led to a
+fix stays on record next to the replay).
 
 Each run keeps its history (history.jsonl), verdict.json and summary.json in its directory; the
 directories of passing runs are deleted unless --keep. Writes bench/results/chaos.json and
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import shutil
 import sys
@@ -42,6 +48,7 @@ class Settings:
     out_dir: Path
     keep: bool
     workdir: Path
+    append: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -52,13 +59,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of faults per run")
     p.add_argument("--nodes", type=int, default=7, help="cluster size (at least 7 for triples)")
     p.add_argument("--workdir", type=Path, help="where run directories go (default a temp dir)")
+    p.add_argument("--append", action="store_true", help="merge with the runs in chaos.json")
     _report.add_output_args(p)
     a = p.parse_args(argv)
     if a.runs < 1 or a.duration <= 0 or a.nodes < 3:
         p.error("--runs must be >= 1, --duration > 0 and --nodes >= 3")
     seeds = (a.seed,) if a.seed is not None else tuple(range(a.first, a.first + a.runs))
     work = a.workdir or Path(tempfile.mkdtemp(prefix="idunno-chaos-"))
-    return Settings(seeds, a.duration, a.nodes, a.out, a.keep, work)
+    return Settings(seeds, a.duration, a.nodes, a.out, a.keep, work, a.append)
 
 
 def one_run(s: Settings, seed: int) -> dict[str, Any]:
@@ -83,6 +91,21 @@ def one_run(s: Settings, seed: int) -> dict[str, Any]:
     if result.verdict.ok and not s.keep:
         shutil.rmtree(directory, ignore_errors=True)
     return summary
+
+
+def merge(earlier: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier runs plus new ones by seed; a seed run again keeps its first outcome on record."""
+    by_seed = {r["seed"]: r for r in earlier}
+    for run in runs:
+        before = by_seed.get(run["seed"])
+        if before is not None:
+            run = {**run, "earlier": [*before.get("earlier", []), _outcome(before)]}  # noqa: PLW2901
+        by_seed[run["seed"]] = run
+    return [by_seed[k] for k in sorted(by_seed)]
+
+
+def _outcome(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: run.get(k) for k in ("ok", "error", "anomalies", "seconds")}
 
 
 def markdown(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
@@ -122,6 +145,13 @@ def markdown(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         for r in runs
     ]
     lines.append(_report.table(["seed", "faults", "ops", "anomalies", "s"], rows))
+    for r in [r for r in runs if r.get("earlier")]:
+        lines += ["", f"## Seed {r['seed']}: run again ({'passed' if r['ok'] else 'failed'})"]
+        for e in r["earlier"]:
+            lines.append(f"- earlier run: {'passed' if e['ok'] else 'FAILED'}")
+            lines += [f"  - {a['kind']}: {a['detail']}" for a in (e.get("anomalies") or [])[:5]]
+            if e.get("error"):
+                lines.append(f"  - run failed: {e['error']}")
     for r in failed:
         lines += ["", f"## Seed {r['seed']} (replay: `python bench/chaos.py --seed {r['seed']}`)"]
         if r.get("error"):
@@ -151,8 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"  replay: python bench/chaos.py --seed {seed}; files: {summary['directory']}")
     except KeyboardInterrupt:
         log(f"interrupted after {len(runs)} runs: writing what ran")
+    name = "chaos" if len(s.seeds) > 1 or s.append else f"chaos_seed{s.seeds[0]}"
+    commands = [" ".join(["python", *sys.argv])]
+    previous = s.out_dir / f"{name}.json"
+    if s.append and previous.exists():
+        before = json.loads(previous.read_text())
+        runs = merge(before["runs"], runs)
+        commands = [*before["run"].get("commands", [before["run"]["command"]]), *commands]
+        t0 -= before["run"]["wall_s"]
     info = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": "; ".join(commands),
+        "commands": commands,
         "duration": s.duration,
         "nodes": s.nodes,
         "wall_s": time.monotonic() - t0,
@@ -160,7 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     data = {"machine": _report.machine_info(), "run": info, "runs": runs}
     text = markdown(runs, info)
-    name = "chaos" if len(s.seeds) > 1 else f"chaos_seed{s.seeds[0]}"
     _report.write_results(name, data, text, None, s.out_dir)
     print(text)
     return 0 if runs and all(r["ok"] for r in runs) else 1

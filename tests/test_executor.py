@@ -501,14 +501,9 @@ def test_event_loop_stays_responsive_during_a_long_batch(
 def test_next_batch_is_decoded_while_the_current_one_runs(
     executor: Executor, runner: asyncio.Runner
 ) -> None:
-    """AlexNet on 640x480 PNGs, where decoding is about half of the work: four batches
-    submitted together (two in flight at a time) beat the same four run one after another."""
+    """AlexNet on 640x480 PNGs, where decoding is about half of the work: of four batches
+    submitted together (two in flight at a time), each is decoded while the previous one runs."""
     batches = [screenshots(8, seed=s) for s in range(4)]
-
-    async def serial() -> tuple[float, list[BatchResult]]:
-        started = time.monotonic()
-        done = [await executor.run(f"s{k}", "alexnet", b) for k, b in enumerate(batches)]
-        return time.monotonic() - started, done
 
     async def pipelined() -> tuple[float, list[BatchResult]]:
         started = time.monotonic()
@@ -516,24 +511,17 @@ def test_next_batch_is_decoded_while_the_current_one_runs(
         done = list(await asyncio.gather(*runs))
         return time.monotonic() - started, done
 
-    serial_wall, pipelined_wall = float("inf"), float("inf")
-    for _ in range(2):  # best of two: a busy machine only ever adds time
-        serial_wall = min(serial_wall, runner.run(serial())[0])
-        wall, done = runner.run(pipelined())
-        pipelined_wall = min(pipelined_wall, wall)
+    pipelined_wall, done = runner.run(pipelined())
     work = sum(b.decode_s + b.infer_s for b in done)
     decode_share = sum(b.decode_s for b in done) / work
-    print(
-        f"pipelining: serial {serial_wall:.3f} s, pipelined {pipelined_wall:.3f} s, "
-        f"decode {decode_share:.0%} of the work"
-    )
+    print(f"pipelining: {pipelined_wall:.3f} s, decode {decode_share:.0%} of the work")
     # Structure: batch k+1 was decoded while batch k was in ONNX Runtime ...
     for current, following in itertools.pairwise(done):
         assert following.decode_started < current.finished
         assert following.infer_started >= current.finished
-    # ... so the wall time is below the serial sum of decode + inference.
+    # ... so the wall time is below the serial sum of decode + inference. (Whether that beats
+    # running them one by one depends on a free core: a figure for bench/, not a test.)
     assert pipelined_wall < work
-    assert pipelined_wall < serial_wall
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3], ids=["while-decoding", "while-running"])

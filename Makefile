@@ -26,11 +26,8 @@ lint: setup
 types: setup
 	$(BIN)/mypy
 
-# Tests that start no node process run on both cores (pytest-xdist, one file per worker); the
-# process tests run alone afterwards, so their timings never compete with a second test.
 pytest: setup browser netns
-	$(BIN)/pytest -m "not process" -n 2 --dist loadfile
-	$(BIN)/pytest -m process
+	$(BIN)/pytest
 
 test: lint types browser netns pytest
 

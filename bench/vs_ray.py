@@ -373,6 +373,9 @@ class RaySide:
             if OrtPredictor.__module__ != "__main__":  # imported (a test, a REPL), not run:
                 # ship the actor class by value, Ray's workers cannot import bench/ modules
                 ray.cloudpickle.register_pickle_by_value(sys.modules[OrtPredictor.__module__])
+            # ray.init installs its own SIGTERM handler (log and abort: no cleanup); ours makes
+            # SIGTERM unwind like Ctrl-C, through ray.shutdown() and the cluster's close.
+            _report.stop_on_sigterm()
             node_ip = ray.util.get_node_ip_address()
             if node_ip != "127.0.0.1":
                 raise RuntimeError(f"Ray chose node address {node_ip}, not loopback: stopped")
@@ -1309,7 +1312,8 @@ def md_kill(data: Mapping[str, Any]) -> str:
         tput = got(data, system, "throughput") if key == "kill" else None
         for i, x in enumerate(tput["rounds"] if tput else [], start=1):
             if x.get("no_kill"):
-                rows.append(_control_row(f"{label}, no kill (throughput #{i})", x["no_kill"]))
+                name = label.split(",")[0]
+                rows.append(_control_row(f"{name}, no kill (throughput #{i})", x["no_kill"]))
     head = ["system, trial", "victim (SIGKILL)", "killed after s", "q/s before"]
     head += ["lowest 1 s rate", "back to 80% after s", "cost s", "longest stall s"]
     head += ["results / queries", "lost", "duplicated", "also"]
@@ -1342,7 +1346,8 @@ def md_kill(data: Mapping[str, Any]) -> str:
 def _control_row(label: str, c: Mapping[str, Any]) -> list[object]:
     dip = None if c["dip"] is None else f"{100 * c['dip']:.0f}%"
     rec = "never" if c["recovered_s"] is None else c["recovered_s"]
-    return [label, "—", None, c["rate_before"], dip, rec, c["deficit_s"]]
+    stall = c["longest_stall_s"]
+    return [label, "—", None, c["rate_before"], dip, rec, c["deficit_s"], stall, "", "", "", ""]
 
 
 def _kill_row(label: str, system: str, t: Mapping[str, Any]) -> list[object]:

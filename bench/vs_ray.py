@@ -1352,7 +1352,7 @@ def _control_row(label: str, c: Mapping[str, Any]) -> list[object]:
 
 def _kill_row(label: str, system: str, t: Mapping[str, Any]) -> list[object]:
     if "error" in t:
-        return [label, f"failed: `{t['error']}`"] + [""] * 10
+        return [label, f"failed: `{t['error']}`", *[""] * 10]
     c = t["check"]
     if system == "ray":
         victim = f"actor PID {t['victim_pid']}"

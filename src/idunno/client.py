@@ -248,7 +248,11 @@ class Client(_Api[Json]):
         try:
             resp: HTTPResponse = urllib.request.urlopen(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:
-            raise ClientError(self._http_error(exc), exc.code) from None
+            try:
+                message = self._http_error(exc)
+            finally:
+                exc.close()  # its socket, at once rather than whenever the error is collected
+            raise ClientError(message, exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(self._unreachable(reason)) from None

@@ -14,7 +14,7 @@ import itertools
 import json
 import subprocess
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -351,6 +351,10 @@ def test_a_digits_job_matches_a_local_onnxruntime_run(
     assert [r["index"] for r in results] == list(range(DIGITS))
     assert all(r["error"] is None and len(r["class_ids"]) == 5 for r in results)
     assert {r["worker"] for r in results} <= set(e.workers())
+    # Its first batch was one query (sent urgent, for a fast first result); the rest in 16s.
+    per_batch = Counter(r["batch"] for r in results)
+    assert per_batch[results[0]["batch"]] == 1 and results[0]["batch"] == min(per_batch)
+    assert max(per_batch.values()) == 16
     # The same model bytes and the same items, run here in one process.
     cat = Catalog(e.client())
     record = cat.model("digits_logreg")

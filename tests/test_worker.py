@@ -464,15 +464,18 @@ def test_executor_death_fails_its_batches_and_a_fresh_one_takes_over(
     status = worker.status()
     second_pid = status["executor_pid"]
     assert second_pid not in (None, first_pid)
-    assert status["models"] == {} and status["running"] == 0
+    assert status["running"] == 0
 
-    # The next batch runs on the fresh executor, which loads the model again by itself.
+    # The fresh executor loads the dead one's model again by itself, before any batch asks.
+    runner.run(wait_until(lambda: MODEL in worker.status()["models"], "the model reloaded"))
+    assert worker.status()["models"][MODEL]["version"] == MODEL_V
+    assert store.count(catalog.model_file(MODEL)) == 2
     reply = runner.run(worker.run(run_request([4, 5], shards)))
     assert [(r["id"], r["error"], len(r["class_ids"])) for r in reply["results"]] == [
         ("4", None, 3),
         ("5", None, 3),
     ]
-    assert store.count(catalog.model_file(MODEL)) == 2
+    assert store.count(catalog.model_file(MODEL)) == 2  # the batch found it loaded
 
     # A death while idle fails the next batch; the one after runs.
     os.kill(second_pid, signal.SIGKILL)

@@ -5,7 +5,8 @@ the file and the environment it is given).
                   log_level
     [membership]  any field of MembershipConfig (probe_interval, suspicion_mult, ...), applied
                   on top of the preset
-    [store]       replicas, min_replicas, keep_versions, sync_interval, transfer_rate
+    [store]       replicas, min_replicas, keep_versions, sync_interval, transfer_rate,
+                  busy_transfer_rate
 
 Where a value comes from, strongest first: a command-line flag, the environment
 (`IDUNNO_<SECTION>_<KEY>`, e.g. `IDUNNO_STORE_REPLICAS=3`), the file (`--config FILE` or

@@ -170,8 +170,8 @@ class Coordinator:
         mirrored = self.mirror.send(self.state.applied - 1, [op])
         # No await since applying: the first batch goes out before any other event can hand
         # the new job a normal batch queued behind a worker's running one.
+        self._first_batch(job_id)
         self.pump()
-        self._first_batch(job_id)  # if pump() found no room for it
         try:
             await mirrored
             await saving
@@ -395,9 +395,11 @@ class Coordinator:
             self._running[b.id] = asyncio.ensure_future(self._run(b))
 
     def _first_batch(self, job_id: str) -> None:
-        """If no worker had room for the new job, send it one query anyway, marked urgent, to
-        the worker whose running batch should end first (the one that replied longest ago):
-        its first result then waits for one batch, not for every batch queued before it."""
+        """A new job's first batch: one query, marked urgent (it stops the batch running there
+        and goes first), to an idle worker if there is one, else to the least loaded worker
+        whose running batch should end first (the one that replied longest ago). Its first
+        result then waits for neither a whole batch of its own nor the batches queued before
+        it; pump() hands out the rest of the job in full batches."""
         spec = self.state.books[job_id].spec
         if self.stopped or self.deposed or self.state.scheduler.held_by_job(job_id):
             return
@@ -408,7 +410,8 @@ class Coordinator:
         ]
         if not ready:
             return  # workers are still loading the model: pump() dispatches when they are done
-        worker = min(ready, key=lambda w: (self._last_reply.get(w, 0.0), w))
+        held = self.state.scheduler.held_by
+        worker = min(ready, key=lambda w: (len(held(w)), self._last_reply.get(w, 0.0), w))
         now = time.time()
         batch = self.state.scheduler.first_batch(job_id, worker, now, FIRST_BATCH)
         if batch is None:

@@ -55,6 +55,7 @@ LogFn = Callable[..., None]
 
 MAX_TOP_K: Final = 1000
 RUN_MEMORY_S: Final = 60.0
+BUSY_HOLD_S: Final = 2.0  # a worker counts as busy this long after its last batch ended
 DEFAULT_CACHE_BYTES: Final = 256 << 20
 _ITEM_OVERHEAD: Final = 64  # bytes a cached item costs beyond its id and data, roughly
 
@@ -257,7 +258,9 @@ class WorkerService:
         self._cache_size = 0
         self._fetching: dict[tuple[str, str, int], asyncio.Task[_Shard]] = {}
         self._running = 0
+        self._last_batch_end = -BUSY_HOLD_S  # monotonic
         self._warming: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[None] | None = None  # models back into a new executor
         self.on_batch_done: Callable[[str, float], None] | None = None  # model, s: /metrics
         # batch id -> (job, its run, when it finished): kept RUN_MEMORY_S for `collect`
         self._runs: dict[int, tuple[str, asyncio.Future[dict[str, Any]], float | None]] = {}
@@ -278,10 +281,10 @@ class WorkerService:
     async def stop(self) -> None:
         """Close the executor (runs in flight get WorkerUnavailable) and cancel shard fetches."""
         self._stopped = True
-        for task in [*self._fetching.values(), *([self._warming] if self._warming else [])]:
+        background = [t for t in (self._warming, self._reloading) if t is not None]
+        for task in [*self._fetching.values(), *background]:
             task.cancel()
-        if self._warming is not None:
-            await asyncio.gather(self._warming, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         async with self._spawn_lock:
             ex, self._executor = self._executor, None
             self._loaded.clear()
@@ -321,7 +324,8 @@ class WorkerService:
                 self._log("executor_died", level="error", pid=dead.pid, detail=str(exc))
                 self._death = (dead, str(exc))
                 self._executor = None
-                self._loaded.clear()  # the new child has no model: they reload lazily
+                had = [_ModelSpec(n, m.version, m.preprocess) for n, m in self._loaded.items()]
+                self._loaded.clear()  # the new child has no model
                 await dead.close()
                 try:
                     self._executor = await Executor.start(self.threads)
@@ -330,9 +334,22 @@ class WorkerService:
                     self._log("executor_start_failed", level="error", detail=str(again))
                 else:
                     self._log("executor_restarted", pid=self._executor.pid)
+                    # Load the models back now, so the next batch does not wait for it.
+                    self._reloading = asyncio.create_task(
+                        self._reload(self._executor, had), name="executor-reload"
+                    )
         # Later callers saw "executor is closed" (the close above): tell them why it went.
         why = self._death[1] if self._death and self._death[0] is dead else str(exc)
         return WorkerUnavailable(f"the executor on node {self.me} failed ({why}); retry the work")
+
+    async def _reload(self, ex: Executor, specs: list[_ModelSpec]) -> None:
+        for spec in specs:
+            try:
+                await self._ensure_model(ex, spec)
+            except ExecutorError:
+                return  # this one died too: its replacement reloads what it needs
+            except (ModelError, CatalogError, StoreError, PeerError, OSError) as exc:
+                self._log("model_reload_failed", level="warning", model=spec.name, detail=str(exc))
 
     # -- models ----------------------------------------------------------------------------
 
@@ -568,6 +585,7 @@ class WorkerService:
                 }
         finally:
             self._running -= 1
+            self._last_batch_end = time.monotonic()
         if self.on_batch_done is not None:
             self.on_batch_done(spec.name, time.time() - started)
         return {
@@ -581,6 +599,10 @@ class WorkerService:
         }
 
     # -- status ----------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """Running a batch now or a moment ago (the gap between a job's batches is not idle)."""
+        return self._running > 0 or time.monotonic() - self._last_batch_end < BUSY_HOLD_S
 
     def status(self) -> dict[str, Any]:
         ex = self._executor

@@ -139,6 +139,7 @@ class Node:
             opts.store,
             self.log,
             known=self.known_count,
+            busy=lambda: self.worker.busy(),  # repairs slow down while this node runs batches
         )
         fence = Fence(opts.data_dir / "control" / "fence")
         self.store.fence = fence

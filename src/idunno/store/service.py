@@ -39,6 +39,7 @@ from idunno.store.disk import (
     Tombstone,
     Version,
 )
+from idunno.store.fanout import quorum_answers
 from idunno.store.names import validate
 from idunno.store.peers import PeerError, Peers
 from idunno.store.placement import rank, replica_set
@@ -69,6 +70,9 @@ class StoreConfig:
     keep_versions: int = 5
     sync_interval: float = 10.0
     transfer_rate: float = 200e6  # bytes/s for re-replication, so repairs cannot starve jobs
+    # ... and while this node runs inference: a failed node's files (models of hundreds of MB)
+    # are then copied in the background without taking the cores the jobs are sharing.
+    busy_transfer_rate: float = 20e6
 
 
 def holding(meta: FileMeta) -> plan.Holding:
@@ -87,6 +91,7 @@ class StoreService:
         config: StoreConfig,
         log: LogFn,
         known: Callable[[], int] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.me = me
         self.disk = disk
@@ -98,6 +103,7 @@ class StoreService:
         self.config = config
         self.log = log
         self.throttle = Throttle(config.transfer_rate)
+        self._busy = busy or (lambda: False)  # is this node running inference?
         self._staged: dict[str, tuple[Staged, float]] = {}
         self._promised: dict[tuple[str, int], float] = {}  # (name, version) -> promise expiry
         self._assigned: dict[str, int] = {}
@@ -288,24 +294,21 @@ class StoreService:
         """What every live member holds of `name`. Members that do not answer are skipped, but
         the answers must make a read quorum, or a file could look missing or old."""
         live = self.live()
-        heard = 0
 
-        async def one(member: str) -> FileMeta | None:
-            nonlocal heard
+        async def one(member: str) -> tuple[FileMeta | None] | None:
+            """(what it holds,) or None when it does not answer."""
             if member == self.me:
-                heard += 1
-                return self.disk.meta.get(name)
+                return (self.disk.meta.get(name),)
             try:
                 out = await self.peers.call(live[member], "meta", {"name": name})
             except PeerError:
                 return None
-            heard += 1
-            return FileMeta.from_json(out) if out else None
+            return (FileMeta.from_json(out) if out else None,)
 
-        members = rank(name, live)
-        metas = await asyncio.gather(*(one(m) for m in members))
-        self._heard(heard, f"a read of {name!r}")
-        return {m: meta for m, meta in zip(members, metas, strict=True) if meta is not None}
+        members = rank(name, live)  # the answers keep this order: best holders first
+        heard = await quorum_answers({m: one(m) for m in members}, self.quorum().read)
+        self._heard(len(heard), f"a read of {name!r}")
+        return {m: meta for m, (meta,) in heard.items() if meta is not None}
 
     async def choose(self, name: str, version: int | None) -> tuple[Version, list[str]]:
         """The version to read and its holders, best first (self first when it holds it)."""
@@ -462,18 +465,19 @@ class StoreService:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             live = self.live()
-            tops = await asyncio.gather(
-                *(self._ask(m, live, "top", {"name": name}, self.top) for m in live)
+            q = self.quorum()
+            tops = await quorum_answers(
+                {m: self._ask(m, live, "top", {"name": name}, self.top) for m in live}, q.read
             )
-            known = [int(t["top"]) for t in tops if t is not None]
+            known = [int(t["top"]) for t in tops.values()]
             self._heard(len(known), f"numbering a version of {name!r}")
             version = max([*known, self._assigned.get(name, 0)]) + 1
             body = {"name": name, "version": version}
-            acks = await asyncio.gather(
-                *(self._ask(m, live, "reserve", body, self.reserve) for m in live)
+            acks = await quorum_answers(
+                {m: self._ask(m, live, "reserve", body, self.reserve) for m in live}, q.holders
             )
-            have = sum(a is not None for a in acks)
-            if have < self.quorum().holders:
+            have = len(acks)
+            if have < q.holders:
                 raise Unavailable(
                     f"version {version} of {name!r} was reserved on only {have} nodes: retry"
                 )
@@ -676,6 +680,12 @@ class StoreService:
             self.log("repair_round", **self.last_round)
         return self.last_round
 
+    def repair_rate(self) -> float:
+        """Bytes/s for re-replication now: slower while this node runs inference."""
+        if self._busy():
+            return min(self.config.transfer_rate, self.config.busy_transfer_rate)
+        return self.config.transfer_rate
+
     async def _push(self, peer: str, addr: str, name: str, number: int) -> bool:
         meta = self.disk.meta.get(name)
         v = meta.get(number) if meta else None
@@ -684,6 +694,7 @@ class StoreService:
 
         async def chunks() -> AsyncIterator[bytes]:
             async for chunk in self.local_chunks(name, v):
+                self.throttle.rate = self.repair_rate()
                 await self.throttle.consume(len(chunk))
                 yield chunk
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 
+BURST_S = 0.25  # the bucket holds this many seconds' worth of the current rate
+
 
 class Throttle:
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(self, rate: float) -> None:
+        # `rate` may be changed between calls: a node slows its repairs while it runs inference.
         self.rate = rate
-        self.burst = burst if burst is not None else rate / 4
-        self._tokens = self.burst
+        self._tokens = rate * BURST_S
         self._at = time.monotonic()
 
     async def consume(self, n: int) -> None:
-        if self.rate <= 0:
+        rate = self.rate
+        if rate <= 0:
             return
         now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._tokens = min(rate * BURST_S, self._tokens + (now - self._at) * rate)
         self._at = now
         self._tokens -= n
         if self._tokens < 0:
-            await asyncio.sleep(-self._tokens / self.rate)
+            await asyncio.sleep(-self._tokens / rate)

@@ -122,6 +122,9 @@ class Node:
         what the store's quorums are majorities of."""
         return sum(1 for m in self.membership.core.members.values() if m.status != Status.LEFT)
 
+    def _running_inference(self) -> bool:
+        return self.worker.busy()  # the worker is made after the store, which asks this
+
     async def start(self) -> None:
         opts = self.opts
         loop = asyncio.get_running_loop()
@@ -139,7 +142,7 @@ class Node:
             opts.store,
             self.log,
             known=self.known_count,
-            busy=lambda: self.worker.busy(),  # repairs slow down while this node runs batches
+            busy=self._running_inference,  # repairs slow down while this node runs batches
         )
         fence = Fence(opts.data_dir / "control" / "fence")
         self.store.fence = fence

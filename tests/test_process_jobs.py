@@ -427,12 +427,12 @@ def test_job_results_by_query_and_by_page(env: Env, idunno: CliRunner, digits_jo
 
 def test_two_jobs_run_at_once_with_rates_and_shares(env: Env, idunno: CliRunner) -> None:
     e = env
-    # The digits 8 times over, in small batches: the two must overlap long enough to be observed
+    # The digits 4 times over, in small batches: the two must overlap long enough to be observed
     # running together (over the plain digits both could end between two CLI calls).
-    total = add_digits_dataset(e.client(), "digits8", times=8)
+    total = add_digits_dataset(e.client(), "digits4", times=4)
     ids = {
-        submit(e, idunno, "both-mlp", "digits_mlp", "digits8", 1),
-        submit(e, idunno, "both-logreg", "digits_logreg", "digits8", 2),
+        submit(e, idunno, "both-mlp", "digits_mlp", "digits4", 2),
+        submit(e, idunno, "both-logreg", "digits_logreg", "digits4", 4),
     }
     client = e.client()
     seen: dict[str, Any] = {}
@@ -503,6 +503,8 @@ def test_set_batch_size_applies_from_the_next_batch(env: Env, idunno: CliRunner)
     assert all(r["labels"] is None for r in results)  # AlexNet is untrained: no labels
     batches = by_batch(results)
     sizes = [len(batches[b]) for b in sorted(batches)]
+    assert sizes[0] == 1, sizes  # a new job's first batch: one urgent query
+    sizes = sizes[1:]
     first_small = next(i for i, s in enumerate(sizes) if s <= 2)
     # Batch ids grow in dispatch order: every batch dispatched after the change has <= 2
     # queries, the ones before it had the old size.

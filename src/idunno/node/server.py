@@ -29,6 +29,7 @@ from idunno.membership.messages import Status
 from idunno.membership.shell import Faults, MembershipShell
 from idunno.node import openapi
 from idunno.node.api import build_app
+from idunno.node.known import KnownMembers
 from idunno.node.logs import EventLog
 from idunno.node.metrics import NodeMetrics
 from idunno.store import api as store_api
@@ -69,6 +70,7 @@ class Node:
         self.preset = opts.preset
         self.started_at = time.time()
         self.log = EventLog(opts.name, opts.data_dir, stderr_level=opts.stderr_level)
+        self.known = KnownMembers(opts.data_dir / "known-members.json", opts.config.dead_retention)
         self._stop = asyncio.Event()
         self._leave_on_stop = True
         self._session: aiohttp.ClientSession | None = None
@@ -118,9 +120,11 @@ class Node:
         }
 
     def known_count(self) -> int:
-        """Members this node knows, not departed (failed ones until dead_retention forgets them):
-        what the store's quorums are majorities of."""
-        return sum(1 for m in self.membership.core.members.values() if m.status != Status.LEFT)
+        """Members this node knows, not departed (failed ones until dead_retention forgets them),
+        including those it knew before a restart: what the store's quorums are majorities of."""
+        members = self.membership.core.members.values()
+        self.known.observe((m.name, m.status) for m in members)
+        return len(self.known.names() | {m.name for m in members if m.status != Status.LEFT})
 
     def _running_inference(self) -> bool:
         return self.worker.busy()  # the worker is made after the store, which asks this
@@ -163,6 +167,9 @@ class Node:
         self.control.on_batch_done = lambda job, model, s: self.metrics.batch_round_trip.labels(
             job, model
         ).observe(s)
+        # Departures are recorded as they happen: the view may forget a departed member before
+        # the next known_count() looks.
+        self.membership.listeners.append(lambda c: self.known.observe([(c.name, c.new)]))
         self.membership.listeners.append(lambda _change: self.store.kick())
         self.membership.listeners.append(self.control.on_member_change)
         app = build_app(self, opts.key)

@@ -5,7 +5,7 @@ whole call timeout when a quorum has already answered."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -14,16 +14,20 @@ GRACE_S = 0.1  # once a quorum has answered, how long the others still get
 
 
 async def quorum_answers(
-    calls: Mapping[str, Awaitable[T | None]], need: int, grace: float = GRACE_S
+    calls: Mapping[str, Awaitable[T | None]],
+    need: int,
+    grace: float = GRACE_S,
+    counts: Callable[[T], bool] = lambda _answer: True,
 ) -> dict[str, T]:
     """member -> answer of every call that answered (a None result means no answer), returned
-    when all have ended, or `grace` seconds after the `need`-th answer; the calls still going
-    then are cancelled. Exceptions other than a None answer propagate."""
+    when all have ended, or `grace` seconds after the `need`-th answer that `counts` (a grant,
+    say, not a refusal); the calls still going then are cancelled. Exceptions propagate."""
     loop = asyncio.get_running_loop()
     tasks: dict[asyncio.Future[T | None], str] = {
         asyncio.ensure_future(call): member for member, call in calls.items()
     }
     answers: dict[str, T] = {}
+    counted = 0
     pending: set[asyncio.Future[T | None]] = set(tasks)
     deadline: float | None = None
     try:
@@ -38,7 +42,8 @@ async def quorum_answers(
                 answer = task.result()
                 if answer is not None:
                     answers[tasks[task]] = answer
-            if deadline is None and len(answers) >= need:
+                    counted += counts(answer)
+            if deadline is None and counted >= need:
                 deadline = loop.time() + grace
     finally:
         for task in pending:

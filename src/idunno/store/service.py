@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import time
 import uuid
 from collections import Counter
@@ -44,11 +45,14 @@ from idunno.store.names import validate
 from idunno.store.peers import PeerError, Peers
 from idunno.store.placement import rank, replica_set
 from idunno.store.quorum import Quorum
+from idunno.store.reservations import Reservations
 from idunno.store.throttle import Throttle
 
 LogFn = Callable[..., None]
 STAGE_QUEUE = 4  # chunks in flight per replica during a put: bounds memory to ~4 MB each
 PROMISE_TIMEOUT = 10.0  # s an offerer has to start sending a version it was asked for
+ASSIGN_TRIES = 4  # attempts to get a version number promised by a majority
+ASSIGN_BACKOFF_S = 0.05  # random pause after a refused attempt, growing with each attempt
 
 
 class Unavailable(StoreError):
@@ -98,7 +102,8 @@ class StoreService:
         self._view = view
         # Members this node knows (alive, suspect or failed): what quorums are counted against.
         self._known = known or (lambda: len(self._view()))
-        self._reserved: dict[str, int] = {}  # name -> highest version number promised here
+        # name -> the highest version number promised here (each number to one authority)
+        self.reservations = Reservations(disk.root / "promised.jsonl")
         self.peers = peers
         self.config = config
         self.log = log
@@ -464,25 +469,33 @@ class StoreService:
         validate(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            live = self.live()
-            q = self.quorum()
-            tops = await quorum_answers(
-                {m: self._ask(m, live, "top", {"name": name}, self.top) for m in live}, q.read
-            )
-            known = [int(t["top"]) for t in tops.values()]
-            self._heard(len(known), f"numbering a version of {name!r}")
-            version = max([*known, self._assigned.get(name, 0)]) + 1
-            body = {"name": name, "version": version}
-            acks = await quorum_answers(
-                {m: self._ask(m, live, "reserve", body, self.reserve) for m in live}, q.holders
-            )
-            have = len(acks)
-            if have < q.holders:
-                raise Unavailable(
-                    f"version {version} of {name!r} was reserved on only {have} nodes: retry"
+            floor = self._assigned.get(name, 0)
+            for attempt in range(ASSIGN_TRIES):
+                live = self.live()
+                q = self.quorum()
+                tops = await quorum_answers(
+                    {m: self._ask(m, live, "top", {"name": name}, self.top) for m in live}, q.read
                 )
-            self._assigned[name] = version
-            return version
+                self._heard(len(tops), f"numbering a version of {name!r}")
+                version = max([floor, *(int(t["top"]) for t in tops.values())]) + 1
+                body = {"name": name, "version": version}
+                answers = await quorum_answers(
+                    {m: self._ask(m, live, "reserve", body, self.reserve) for m in live},
+                    q.write,
+                    counts=lambda a: bool(a.get("ok")),
+                )
+                granted = sum(bool(a.get("ok")) for a in answers.values())
+                if granted >= q.write:
+                    self._assigned[name] = version
+                    return version
+                # Another authority is numbering this name too (two views of who the authority
+                # is, for a moment): go above what the refusals name, after a random pause.
+                floor = max([version, *(int(a.get("top", 0)) for a in answers.values())])
+                await asyncio.sleep(random.uniform(0, ASSIGN_BACKOFF_S * (attempt + 1)))
+            raise Unavailable(
+                f"version {version} of {name!r} was promised by only {granted} of the "
+                f"{q.write} nodes it needs (another node is numbering the same file): retry"
+            )
 
     async def _ask(
         self,
@@ -503,13 +516,22 @@ class StoreService:
 
     def top(self, body: dict[str, Any]) -> dict[str, Any]:
         """The highest version number of a name this node holds, deleted or promised."""
-        name = validate(str(body["name"]))
+        return {"top": self._top(validate(str(body["name"])))}
+
+    def _top(self, name: str) -> int:
         meta = self.disk.meta.get(name)
-        return {"top": max(meta.top if meta else 0, self._reserved.get(name, 0))}
+        return max(meta.top if meta else 0, self.reservations.get(name))
 
     def reserve(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Promise a version number, unless this node holds or has promised it (or a higher
+        one): each number goes to one authority at most, so two authorities that chose the same
+        number at once cannot both gather a majority."""
         name = validate(str(body["name"]))
-        self._reserved[name] = max(self._reserved.get(name, 0), int(body["version"]))
+        version = int(body["version"])
+        top = self._top(name)
+        if version <= top:
+            return {"ok": False, "top": top}
+        self.reservations.grant(name, version)
         return {"ok": True}
 
     # --- replica ------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""The version numbers this node has promised, per file name, kept across a restart.
+
+A version number is promised to one authority at most (see StoreService.assign): a node that
+forgot its promises when it restarted could promise the same number again to a second
+authority, and two different versions would carry one number. Each promise is appended to a
+JSON-lines log, written to the kernel before it is given (a killed process loses nothing; a
+power cut may lose the last promises, as it may lose any process's unsynced writes); the log
+is compacted on load and whenever it has grown well past the map it records. The file is
+opened per promise: nothing stays open, so there is nothing to close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+COMPACT_MIN_LINES = 10_000
+
+
+class Reservations:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._top: dict[str, int] = {}
+        self._lines = 0
+        with contextlib.suppress(FileNotFoundError), path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    name, version = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if isinstance(name, str) and isinstance(version, int):
+                    self._top[name] = max(self._top.get(name, 0), version)
+        self._compact()
+
+    def get(self, name: str) -> int:
+        return self._top.get(name, 0)
+
+    def grant(self, name: str, version: int) -> None:
+        self._top[name] = max(self._top.get(name, 0), version)
+        with self.path.open("a", encoding="utf-8") as log:
+            log.write(json.dumps([name, version]) + "\n")
+        self._lines += 1
+        if self._lines > max(COMPACT_MIN_LINES, 4 * len(self._top)):
+            self._compact()
+
+    def _compact(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for name, version in self._top.items():
+                f.write(json.dumps([name, version]) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._lines = len(self._top)

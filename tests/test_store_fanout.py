@@ -4,18 +4,17 @@ declared failed) must not hold up version numbering and reads for a whole call t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from idunno.store.disk import DiskStore, Version
 from idunno.store.fanout import quorum_answers
 from idunno.store.peers import PeerError
 from idunno.store.placement import rank
-from idunno.store.service import StoreConfig, StoreService, Unavailable
+from idunno.store.service import StoreService, Unavailable
+from tests.test_store_pure import store_cluster
 
 HANG_LIMIT_S = 10.0  # far above the grace: reaching it means a fan-out waited for a hung call
 
@@ -109,24 +108,16 @@ def test_numbering_and_reads_go_on_while_a_member_is_paused(tmp_path: Path) -> N
     nodes = ["a", "b", "c", "d", "e", "f"]
     holders = rank(name, nodes)[:4]
     data = b"acknowledged" * 100
-    v1 = Version(1, len(data), hashlib.sha256(data).hexdigest(), 1.0)
-    services: dict[str, StoreService] = {}
     paused = {holders[0]}  # the top-ranked holder is paused: reads must go past it
-    peers = PausedPeers(services, paused)
-    for n in nodes:
-        disk = DiskStore(tmp_path / n)
-        if n in holders:
-            w = disk.stage()
-            w.write(data)
-            disk.commit(name, v1, w.finish())
-        services[n] = StoreService(
-            n,
-            disk,
-            lambda: {m: m for m in nodes},
-            peers,  # type: ignore[arg-type]
-            StoreConfig(),
-            lambda *args, **kwargs: None,
-        )
+    shared: list[PausedPeers] = []
+
+    def peers_for(_node: str, services: dict[str, StoreService]) -> PausedPeers:
+        if not shared:
+            shared.append(PausedPeers(services, paused))
+        return shared[0]
+
+    services = store_cluster(tmp_path, nodes, peers_for, holding=(name, data, holders))
+    peers = shared[0]
     gateway = services[holders[1]]
 
     async def run() -> tuple[int, list[str]]:

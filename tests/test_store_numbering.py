@@ -13,6 +13,7 @@ from idunno.store.disk import DiskStore
 from idunno.store.reservations import Reservations
 from idunno.store.service import StoreConfig, StoreService
 from tests.test_store_fanout import PausedPeers
+from tests.test_store_pure import store_cluster
 
 NODES = ["a", "b", "c", "d", "e", "f", "g"]
 
@@ -32,18 +33,14 @@ class ShuffledPeers(PausedPeers):
 
 
 def cluster(root: Path, rng: random.Random) -> dict[str, StoreService]:
-    services: dict[str, StoreService] = {}
-    peers = ShuffledPeers(services, rng)
-    for n in NODES:
-        services[n] = StoreService(
-            n,
-            DiskStore(root / n),
-            lambda: {m: m for m in NODES},
-            peers,  # type: ignore[arg-type]
-            StoreConfig(),
-            lambda *args, **kwargs: None,
-        )
-    return services
+    shared: list[ShuffledPeers] = []
+
+    def peers_for(_node: str, services: dict[str, StoreService]) -> ShuffledPeers:
+        if not shared:
+            shared.append(ShuffledPeers(services, rng))
+        return shared[0]
+
+    return store_cluster(root, NODES, peers_for)
 
 
 def test_concurrent_authorities_never_hand_out_one_number_twice(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -399,6 +399,38 @@ class MemPeers:
         await self.services[addr].receive_replica(name, v, chunks)
 
 
+def store_cluster(
+    root: Path,
+    nodes: list[str],
+    peers_for: Callable[[str, dict[str, StoreService]], Any],
+    config: StoreConfig | None = None,
+    holding: tuple[str, bytes, Iterable[str]] = ("", b"", ()),
+    busy: Callable[[str], bool] | None = None,
+) -> dict[str, StoreService]:
+    """StoreServices over fresh DiskStores in `root`, every node seeing every other (names are
+    addresses), talking through `peers_for(node, services)`; `holding` = (name, bytes, nodes):
+    those nodes hold version 1 of that file."""
+    name, data, holders = holding
+    v1 = Version(1, len(data), hashlib.sha256(data).hexdigest(), 1.0)
+    services: dict[str, StoreService] = {}
+    for n in nodes:
+        disk = DiskStore(root / n)
+        if n in holders:
+            w = disk.stage()
+            w.write(data)
+            disk.commit(name, v1, w.finish())
+        services[n] = StoreService(
+            n,
+            disk,
+            lambda: {m: m for m in nodes},
+            peers_for(n, services),
+            config or StoreConfig(),
+            lambda *args, **kwargs: None,
+            busy=(lambda n=n: busy(n)) if busy else None,  # type: ignore[misc]
+        )
+    return services
+
+
 def versions_on(svc: StoreService, name: str) -> list[int]:
     meta = svc.disk.meta.get(name)
     return [v.version for v in meta.versions] if meta else []
@@ -412,22 +444,9 @@ async def move_with_a_slow_push(tmp_path: Path) -> list[str]:
     nodes = ["a", "b", "c", "d", "e"]
     newcomer, d1, d2, d3, surplus = rank(name, nodes)
     data = b"acknowledged bytes" * 100
-    v1 = Version(1, len(data), hashlib.sha256(data).hexdigest(), 1.0)
-    services: dict[str, StoreService] = {}
-    for n in nodes:
-        disk = DiskStore(tmp_path / n)
-        if n != newcomer:
-            w = disk.stage()
-            w.write(data)
-            disk.commit(name, v1, w.finish())
-        services[n] = StoreService(
-            n,
-            disk,
-            lambda: {m: m for m in nodes},
-            MemPeers(n, services),  # type: ignore[arg-type]
-            StoreConfig(),
-            lambda *args, **kwargs: None,
-        )
+    services = store_cluster(
+        tmp_path, nodes, MemPeers, holding=(name, data, [n for n in nodes if n != newcomer])
+    )
     slow: MemPeers = services[d1].peers  # type: ignore[assignment]
     slow.held[newcomer] = asyncio.Event()
     pending = asyncio.create_task(services[d1].repair_round())

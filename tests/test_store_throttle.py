@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from idunno.store import throttle as throttle_mod
-from idunno.store.disk import DiskStore, Version
+from idunno.store.disk import DiskStore
 from idunno.store.placement import rank
 from idunno.store.service import StoreConfig, StoreService
 from idunno.store.throttle import BURST_S, Throttle
-from tests.test_store_pure import MemPeers, versions_on
+from tests.test_store_pure import MemPeers, store_cluster, versions_on
 
 
 class FakeClock:
@@ -95,25 +95,14 @@ def test_a_repair_push_from_a_busy_node_is_paced_at_the_busy_rate(
     ranked = rank(name, nodes)
     holders, missing = ranked[:3], ranked[3]  # the 4th replica is gone
     data = bytes(range(256)) * 4096  # 1 MiB
-    v1 = Version(1, len(data), hashlib.sha256(data).hexdigest(), 1.0)
-    busy = {n: True for n in nodes}
-    config = StoreConfig(transfer_rate=200e6, busy_transfer_rate=1e6)
-    services: dict[str, StoreService] = {}
-    for n in nodes:
-        disk = DiskStore(tmp_path / n)
-        if n in holders:
-            w = disk.stage()
-            w.write(data)
-            disk.commit(name, v1, w.finish())
-        services[n] = StoreService(
-            n,
-            disk,
-            lambda: {m: m for m in nodes},
-            MemPeers(n, services),  # type: ignore[arg-type]
-            config,
-            lambda *args, **kwargs: None,
-            busy=lambda n=n: busy[n],  # type: ignore[misc]
-        )
+    services = store_cluster(
+        tmp_path,
+        nodes,
+        MemPeers,
+        StoreConfig(transfer_rate=200e6, busy_transfer_rate=1e6),
+        holding=(name, data, holders),
+        busy=lambda _node: True,
+    )
 
     async def rounds() -> None:
         for n in holders:
@@ -121,6 +110,6 @@ def test_a_repair_push_from_a_busy_node_is_paced_at_the_busy_rate(
 
     asyncio.run(rounds())
     assert versions_on(services[missing], name) == [1]
-    assert services[missing].disk.meta[name].versions[0].sha256 == v1.sha256
+    assert services[missing].disk.meta[name].versions[0].sha256 == hashlib.sha256(data).hexdigest()
     # 1 MiB at 1 MB/s, less the burst the bucket starts with.
     assert sum(clock.slept) == pytest.approx((len(data) - 1e6 * BURST_S) / 1e6, rel=0.01)

@@ -330,15 +330,19 @@ def test_a_late_result_leaves_coordinator_and_standby_identical() -> None:
     assert coord.scheduler.fill(["w1"], 4.0) == standby.scheduler.fill(["w1"], 4.0)
 
 
-def test_a_job_finished_by_a_late_result_has_a_finish_time() -> None:
+def test_a_finished_job_reads_done_once_its_results_are_durable() -> None:
     s = ControlState()
     s.apply(submit_op(spec("j", 4, batch_size=4)))
     (b,) = s.scheduler.fill(["w0"], 1.0)
     s.apply({"op": "requeue", "batch": b.id})
     s.apply(complete_op(b, [result(q, batch=b.id, t=5.0) for q in b.queries], 5.0))
     view = s.job_view("j", 5.0)
-    assert view["status"] == "done"
-    assert view["finished_at"] == 5.0
+    assert view["status"] == "running"  # every result is in, not yet durable
+    assert view["finished_at"] == 5.0 and view["done"] == 4
+    s.apply({"op": "flushed", "job": "j", "queries": list(b.queries[:2])})
+    assert s.job_view("j", 5.5)["status"] == "running"
+    s.apply({"op": "flushed", "job": "j", "queries": list(b.queries[2:])})
+    assert s.job_view("j", 6.0)["status"] == "done"
 
 
 # --- exactly once ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ with the epoch so that a deposed coordinator can write nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -82,6 +83,7 @@ class Coordinator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seq = 0
         self._done_logged: set[str] = set()
+        self._flush_now = asyncio.Event()  # a job has all its results: make them durable now
         self.deposed = False
         self.stopped = False
         # job, model, seconds from dispatch to accepted result: for /metrics
@@ -510,6 +512,7 @@ class Coordinator:
             return
         if job.status == JobStatus.DONE and batch.job not in self._done_logged:
             self._done_logged.add(batch.job)
+            self._flush_now.set()  # the job reads "done" once its last results are durable
             self.log(
                 "job_done",
                 job=batch.job,
@@ -556,7 +559,9 @@ class Coordinator:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), FLUSH_INTERVAL_S)
+            self._flush_now.clear()
             try:
                 await self.flush()
             except Deposed:

@@ -227,7 +227,13 @@ class ControlState:
             "dataset": spec.dataset,
             "batch_size": job.batch_size,
             "weight": spec.weight,
-            "status": job.status.value,
+            # "done" once every result is also durable in the store: a coordinator failing
+            # right after must not show a finished job running again.
+            "status": (
+                JobStatus.RUNNING.value
+                if job.status == JobStatus.DONE and book.unflushed
+                else job.status.value
+            ),
             "total": spec.total,
             "done": len(book.results),
             "errors": book.errors,

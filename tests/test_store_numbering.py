@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 from idunno.store.disk import DiskStore
-from idunno.store.reservations import Reservations
+from idunno.store.reservations import RETENTION_S, Reservations
 from idunno.store.service import StoreConfig, StoreService
 from tests.test_store_fanout import PausedPeers
 from tests.test_store_pure import store_cluster
@@ -89,8 +90,19 @@ def test_the_log_keeps_the_highest_promise_ignores_a_torn_line_and_compacts(
     for version in range(1, 30):
         r.grant("x", version)
     r.grant("y", 4)
+    r.grant("x", 3)  # a lower promise never lowers the mark
     with path.open("a") as f:
-        f.write('["x", 9')  # a write cut short by a crash
+        f.write('["x", 90')  # a write cut short by a crash
     again = Reservations(path)
     assert (again.get("x"), again.get("y"), again.get("z")) == (29, 4, 0)
     assert len(path.read_text().splitlines()) == 2  # compacted on load
+
+
+def test_old_promises_are_dropped_when_the_log_is_compacted(tmp_path: Path) -> None:
+    path = tmp_path / "promised.jsonl"
+    now = time.time()
+    r = Reservations(path)
+    r.grant("old", 5, now=now - RETENTION_S - 1)
+    r.grant("new", 6, now=now - 1)
+    again = Reservations(path)
+    assert (again.get("old"), again.get("new")) == (0, 6)

@@ -118,7 +118,9 @@ def markdown(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
         "# Chaos runs",
         "",
-        f"Command: `{info['command']}`; {len(runs)} schedules of {info['duration']:g} s of faults "
+        f"Command: `{info['command']}`"
+        + (f" (at commits {', '.join(info['commits'])})" if info.get("commits") else "")
+        + f"; {len(runs)} schedules of {info['duration']:g} s of faults "
         f"on {info['nodes']} nodes in network namespaces (nftables for loss and partitions); "
         f"load average at start {info['loadavg_start'][0]:.2f}; wall time "
         f"{info['wall_s'] / 60:.1f} min.",
@@ -145,7 +147,16 @@ def markdown(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         for r in runs
     ]
     lines.append(_report.table(["seed", "faults", "ops", "anomalies", "s"], rows))
-    for r in [r for r in runs if r.get("earlier")]:
+    again = [r for r in runs if r.get("earlier")]
+    failed_before = [r for r in again if not all(e["ok"] for e in r["earlier"])]
+    if again:
+        lines += [
+            "",
+            f"{len(again)} of these seeds had run before (on the code of the time, see the "
+            f"commands and commits above); {len(again) - len(failed_before)} passed then too. "
+            "Those that failed before, with what they found:",
+        ]
+    for r in failed_before:
         lines += ["", f"## Seed {r['seed']}: run again ({'passed' if r['ok'] else 'failed'})"]
         for e in r["earlier"]:
             lines.append(f"- earlier run: {'passed' if e['ok'] else 'FAILED'}")
@@ -183,15 +194,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"interrupted after {len(runs)} runs: writing what ran")
     name = "chaos" if len(s.seeds) > 1 or s.append else f"chaos_seed{s.seeds[0]}"
     commands = [" ".join(["python", *sys.argv])]
+    commits = [str(_report.git_info().get("commit") or "?")[:12]]
     previous = s.out_dir / f"{name}.json"
     if s.append and previous.exists():
         before = json.loads(previous.read_text())
         runs = merge(before["runs"], runs)
-        commands = [*before["run"].get("commands", [before["run"]["command"]]), *commands]
+        earlier = before["run"].get("commands", [before["run"]["command"]])
+        commands = [*earlier, *commands]
+        commits = [*before["run"].get("commits", ["?"] * len(earlier)), *commits]
         t0 -= before["run"]["wall_s"]
     info = {
         "command": "; ".join(commands),
         "commands": commands,
+        "commits": commits,
         "duration": s.duration,
         "nodes": s.nodes,
         "wall_s": time.monotonic() - t0,

@@ -75,8 +75,10 @@ class StoreConfig:
     sync_interval: float = 10.0
     transfer_rate: float = 200e6  # bytes/s for re-replication, so repairs cannot starve jobs
     # ... and while this node runs inference: a failed node's files (models of hundreds of MB)
-    # are then copied in the background without taking the cores the jobs are sharing.
-    busy_transfer_rate: float = 20e6
+    # are then copied in the background without taking the cores the jobs are sharing (at
+    # 20 MB/s the jobs still ran below 80% of their rate for 2 s after a node was killed; at
+    # 1 MB/s not at all: bench/vs_ray.py). Full speed again 2 s after the node's last batch.
+    busy_transfer_rate: float = 1e6
 
 
 def holding(meta: FileMeta) -> plan.Holding:

@@ -525,12 +525,11 @@ def test_next_batch_is_decoded_while_the_current_one_runs(
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3], ids=["while-decoding", "while-running"])
-def test_an_urgent_batch_preempts_the_running_one_which_then_completes(
+def test_an_urgent_batch_runs_at_once_alongside_the_running_one(
     executor: Executor, runner: asyncio.Runner, delay: float
 ) -> None:
-    """A new job's first batch (urgent) stops the long batch ONNX Runtime is running (or goes
-    ahead of it if that one is still being decoded), runs, and the stopped batch runs again
-    from the start: both answer, the urgent one first."""
+    """A new job's first batch (urgent) waits neither for the long batch being decoded or run
+    nor behind it: it answers first, and the long batch still answers in full."""
     long_items, urgent_items = photos(48), photos(1, seed=5)
 
     async def scenario() -> tuple[BatchResult, BatchResult, float]:
@@ -545,6 +544,32 @@ def test_an_urgent_batch_preempts_the_running_one_which_then_completes(
     assert urgent.finished < long.finished
     assert all(r.ok for r in long.results) and len(long.results) == 48
     assert urgent.results[0].ok
-    # Without preemption the urgent batch would wait for most of 48 ResNet18 queries.
+    # Behind the long batch, the urgent one would wait for most of 48 ResNet18 queries.
     assert waited < long.infer_s / 2, (waited, long.infer_s)
     assert long.infer_s > 0.5
+
+
+def test_ordinary_batches_run_at_a_lower_cpu_priority_than_urgent_ones(executor: Executor) -> None:
+    """The decode and inference threads of ordinary batches sit BACKGROUND_NICE below the rest
+    of the child (its main thread and the urgent lane), which sits NICENESS below the node."""
+    from idunno.inference._executor_main import BACKGROUND_NICE, NICENESS
+
+    def nice(stat: str) -> int:
+        return int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of /proc/<pid>/task/<tid>/stat
+
+    tasks = Path(f"/proc/{executor.pid}/task")
+    values = sorted(nice((t / "stat").read_text()) for t in tasks.iterdir())
+    base = os.nice(0) + NICENESS
+    assert values.count(base) >= 2, values  # the main thread and the urgent lane
+    assert values.count(base + BACKGROUND_NICE) >= 2, values  # decode and inference lanes
+
+
+def test_the_executor_has_a_scheduling_group_of_its_own_at_background(executor: Executor) -> None:
+    """Its own session (so its own autogroup, where the kernel has them), at nice BACKGROUND
+    between urgent batches: inference yields the CPU to the nodes' event loops."""
+    from idunno.inference.cpu_priority import BACKGROUND, autogroup_path
+
+    assert os.getsid(executor.pid) == executor.pid
+    group = Path(autogroup_path(executor.pid))
+    if group.exists():
+        assert group.read_text().split()[-1] == str(BACKGROUND)

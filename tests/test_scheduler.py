@@ -13,43 +13,80 @@ from idunno.control.scheduler import JobStatus, Scheduler, SchedulerError
 
 class WorkerSim:
     """Workers that run batches one at a time, each query of model m costing cost[m] seconds
-    (with seeded jitter); the scheduler refills a worker whenever a batch finishes."""
+    (with seeded jitter of +-`jitter`); the scheduler refills a worker whenever a batch
+    finishes. With a `lead`, a worker gets its queued batch only once its running batch is
+    within `lead` seconds of its end (late binding, as the coordinator does)."""
 
-    def __init__(self, sched: Scheduler, workers: list[str], cost: dict[str, float], seed: int):
+    def __init__(
+        self,
+        sched: Scheduler,
+        workers: list[str],
+        cost: dict[str, float],
+        seed: int,
+        jitter: float = 0.1,
+        lead: float | None = None,
+    ):
         self.s = sched
         self.workers = list(workers)
         self.cost = cost
         self.rng = random.Random(seed)
+        self.jitter = jitter
+        self.lead = lead
         self.now = 0.0
         self.busy_until = dict.fromkeys(workers, 0.0)
-        self.events: list[tuple[float, int, int]] = []  # (finish time, order, batch id)
+        # (time, order, batch id): a batch finishes; batch id None: a worker's lead time
+        self.events: list[tuple[float, int, int | None]] = []
         self.order = 0
         self.answered: list[tuple[float, str, int]] = []  # (time, job, query)
         self.dead: set[str] = set()
 
+    def room(self, worker: str) -> int:
+        """One batch; a second once the one it holds is within `lead` of its end."""
+        assert self.lead is not None
+        soon = self.busy_until[worker] - self.now <= self.lead
+        return 2 if self.s.held_by(worker) and soon else 1
+
     def dispatch(self) -> None:
-        for b in self.s.fill([w for w in self.workers if w not in self.dead], self.now):
+        live = [w for w in self.workers if w not in self.dead]
+        room = None if self.lead is None else self.room
+        for b in self.s.fill(live, self.now, room=room):
             start = max(self.now, self.busy_until[b.worker])
-            took = len(b.queries) * self.cost[b.model] * self.rng.uniform(0.9, 1.1)
+            took = len(b.queries) * self.cost[b.model]
+            took *= self.rng.uniform(1 - self.jitter, 1 + self.jitter)
             self.busy_until[b.worker] = start + took
-            self.order += 1
-            heapq.heappush(self.events, (start + took, self.order, b.id))
+            self.push(start + took, b.id)
+            if self.lead is not None:
+                self.push(start + took - self.lead, None)
+
+    def push(self, t: float, batch_id: int | None) -> None:
+        self.order += 1
+        heapq.heappush(self.events, (t, self.order, batch_id))
 
     def run_until(self, t: float) -> None:
         self.dispatch()
         while self.events and self.events[0][0] <= t:
-            finish, _, batch_id = heapq.heappop(self.events)
-            self.now = finish
-            batch = self.s.batches.get(batch_id)
-            if batch is None or batch.worker in self.dead:
-                continue
-            for q in self.s.complete(batch_id, batch.queries, self.now):
-                self.answered.append((self.now, batch.job, q))
+            at, _, batch_id = heapq.heappop(self.events)
+            self.now = max(self.now, at)
+            batch = None if batch_id is None else self.s.batches.get(batch_id)
+            if batch is not None and batch.worker not in self.dead:
+                for q in self.s.complete(batch.id, batch.queries, self.now):
+                    self.answered.append((self.now, batch.job, q))
             self.dispatch()
         self.now = t
 
     def rate(self, job: str, start: float, end: float) -> float:
         return sum(1 for t, j, _ in self.answered if j == job and start <= t < end) / (end - start)
+
+    def worst_ratio(self, a: str, b: str, start: float, end: float) -> float:
+        """max/min of the two jobs' rates over every 10 s window [t, t+10) in [start, end],
+        t in steps of 0.5 s."""
+        ratios = []
+        for k in range(int((end - 10 - start) / 0.5) + 1):
+            ra, rb = self.rate(a, start + k * 0.5, start + k * 0.5 + 10), self.rate(
+                b, start + k * 0.5, start + k * 0.5 + 10
+            )
+            ratios.append(max(ra, rb) / min(ra, rb))
+        return max(ratios)
 
 
 def two_jobs(weights: tuple[float, float] = (1.0, 1.0), seed: int = 1) -> WorkerSim:
@@ -69,6 +106,26 @@ def test_jobs_of_different_cost_get_equal_query_rates(seed: int) -> None:
     # The costlier model gets proportionally more worker time.
     shares = Counter(b.model for b in sim.s.batches.values())
     assert shares["resnet18"] >= shares["alexnet"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_late_binding_keeps_every_sliding_window_fairer(seed: int) -> None:
+    """With each worker's queued batch chosen a whole batch ahead, which job completes when
+    drifts with the batches' jitter; choosing it just before the running batch ends keeps
+    the completions, measured over every sliding 10 s window, much closer to equal. Costs and
+    jitter close to bench/inference.py's fairness run (six workers on two cores)."""
+
+    def worst(lead: float | None) -> float:
+        s = Scheduler()
+        s.submit("resnet", "resnet18", range(100_000), batch_size=8, now=0)
+        s.submit("alex", "alexnet", range(100_000), batch_size=8, now=0)
+        costs = {"resnet18": 0.068, "alexnet": 0.039}
+        sim = WorkerSim(s, [f"w{i}" for i in range(6)], costs, seed, jitter=0.3, lead=lead)
+        sim.run_until(70)
+        return sim.worst_ratio("resnet", "alex", 10, 70)
+
+    early, late = worst(None), worst(0.1)
+    assert late <= 1.05 < early, (late, early)
 
 
 def test_weights_skew_the_rates() -> None:

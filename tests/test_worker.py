@@ -76,7 +76,8 @@ def dataset(items: list[tuple[str, bytes]]) -> tuple[Files, list[dict[str, Any]]
 
 
 class FakeStore:
-    """read_file over a dict; records every read; `gate` (if set) holds reads until it opens."""
+    """read_file and fetch_file over a dict; records every read; `gate` (if set) holds reads
+    until it opens."""
 
     def __init__(self, files: Files) -> None:
         self.files = dict(files)
@@ -94,6 +95,12 @@ class FakeStore:
         if data is None:
             raise NotFound(f"no version {version} of {name!r}")
         return SimpleNamespace(version=version, sha256=hashlib.sha256(data).hexdigest()), data
+
+    async def fetch_file(self, name: str, version: int | None, dest: Path) -> Any:
+        v, data = await self.read_file(name, version)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        return v
 
     def count(self, name: str) -> int:
         return sum(1 for n, _ in self.reads if n == name)
@@ -171,6 +178,7 @@ def make_worker(runner: asyncio.Runner, files: Files, tmp_path: Path) -> Iterato
             f"n{n}",
             tmp_path / f"cache{n}",
             store.read_file,
+            store.fetch_file,
             Fence(tmp_path / f"fence{n}"),
             events,
             threads=threads,

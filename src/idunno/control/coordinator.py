@@ -19,6 +19,7 @@ from typing import Any
 
 from idunno.control import durable
 from idunno.control.mirror import MirrorLink
+from idunno.control.pacing import Pacing
 from idunno.control.rpc import Rpc, RpcError, refuses_connections
 from idunno.control.scheduler import MAX_BATCH, Batch, JobStatus, SchedulerError
 from idunno.control.state import ControlState, JobSpec
@@ -28,6 +29,8 @@ from idunno.store.service import NotFound
 RUN_PATH = "/v1/internal/work/run"
 COLLECT_PATH = "/v1/internal/work/collect"
 LOAD_PATH = "/v1/internal/work/load"
+STATUS_PATH = "/v1/internal/work/status"
+STATUS_TIMEOUT_S = 2.0
 FLUSH_INTERVAL_S = 1.0
 RUN_TIMEOUT_S = 120.0  # backstop only: failures are found by the connection or by membership
 LOAD_TIMEOUT_S = 120.0
@@ -89,6 +92,9 @@ class Coordinator:
         # job, model, seconds from dispatch to accepted result: for /metrics
         self.on_batch_done: Callable[[str, str, float], None] | None = None
         self._last_reply: dict[str, float] = {}  # worker -> when its last batch came back
+        self.pacing = Pacing()  # when a worker gets its queued batch (late binding)
+        self._wakeups: dict[str, asyncio.TimerHandle] = {}  # worker -> pump() when it is due
+        self._alongside: set[int] = set()  # urgent batches running next to a worker's batch
         self._names = 0
         self.started_at = time.time()
 
@@ -97,10 +103,33 @@ class Coordinator:
     def start(self) -> None:
         self.mirror.start()
         self.spawn(self._flush_loop(), "flush")
+        self.spawn(self._learn_loaded(), "learn-loaded")
         self.pump()
+
+    async def _learn_loaded(self) -> None:
+        """Which models each live worker has loaded already (a new reign knows none): without
+        this, a job submitted after a takeover would wait for every worker to be asked to load
+        its model, and its first batch would not go out as the urgent single query."""
+
+        async def ask(worker: str, addr: str) -> None:
+            try:
+                status = await self.rpc.get(addr, STATUS_PATH, STATUS_TIMEOUT_S)
+                loaded = {
+                    str(name): (int(m["version"]), float(m["cost_per_query_s"]))
+                    for name, m in dict(status.get("models") or {}).items()
+                }
+            except (RpcError, AttributeError, KeyError, TypeError, ValueError):
+                return  # pump() asks it to load what a job needs, as for any new worker
+            for name, (version, cost) in loaded.items():
+                self.ready.setdefault(worker, {}).setdefault(name, version)
+                self.costs.setdefault(worker, {}).setdefault(name, cost)
+
+        await asyncio.gather(*(ask(w, a) for w, a in self.live().items()))
 
     async def stop(self) -> None:
         self.stopped = True  # from now on nothing is dispatched under this reign's epoch
+        for timer in self._wakeups.values():
+            timer.cancel()
         tasks = [*self._tasks, *self._running.values(), *self._training.values()]
         for t in tasks:
             t.cancel()
@@ -330,6 +359,10 @@ class Coordinator:
                 await self._load_on(worker, [spec.model_ref()])
             finally:
                 self._training.pop(key, None)
+            # A job that waited for the model still gets its first result from one urgent query.
+            job = self.state.scheduler.jobs.get(spec.id)
+            if job is not None and not job.done and spec.id in self.state.books:
+                self._first_batch(spec.id)
             self.pump()
 
         self._training[key] = asyncio.ensure_future(train_one())
@@ -387,21 +420,37 @@ class Coordinator:
                 for s in running.values()
             )
 
-        now = time.time()
-        batches = self.state.scheduler.fill(workers, now, can_run)
+        now, clock = time.time(), time.monotonic()
+        held = {w: len(self.state.scheduler.held_by(w)) for w in workers}
+        batches = self.state.scheduler.fill(workers, now, can_run, lambda w: self._room(w, clock))
         if not batches:
             return
         ops = self.state.dispatched(batches, now)
         self.mirror.send(self.state.applied - len(ops), ops)
         for b in batches:
+            self.pacing.dispatched(b.worker, held[b.worker], clock)
+            held[b.worker] += 1
             self._running[b.id] = asyncio.ensure_future(self._run(b))
 
+    def _room(self, worker: str, clock: float) -> int:
+        """Batches `worker` may hold now (see pacing.py); pump() runs again when it may hold
+        one more."""
+        held = [(b.model, len(b.queries)) for b in self.state.scheduler.held_by(worker)]
+        room, ask_at = self.pacing.room(worker, held, clock)
+        if ask_at is not None:
+            old = self._wakeups.pop(worker, None)
+            if old is not None:
+                old.cancel()
+            delay = max(0.0, ask_at - time.monotonic())
+            self._wakeups[worker] = asyncio.get_running_loop().call_later(delay, self.pump)
+        return room
+
     def _first_batch(self, job_id: str) -> None:
-        """A new job's first batch: one query, marked urgent (it stops the batch running there
-        and goes first), to an idle worker if there is one, else to the least loaded worker
-        whose running batch should end first (the one that replied longest ago). Its first
-        result then waits for neither a whole batch of its own nor the batches queued before
-        it; pump() hands out the rest of the job in full batches."""
+        """A new job's first batch: one query, marked urgent (the worker runs it at once, next
+        to its running batch and at a higher CPU priority), to an idle worker if there is one,
+        else to the least loaded worker (the one that replied longest ago among those). Its
+        first result then waits for neither a whole batch of its own nor the batches queued
+        before it; pump() hands out the rest of the job in full batches."""
         spec = self.state.books[job_id].spec
         if self.stopped or self.deposed or self.state.scheduler.held_by_job(job_id):
             return
@@ -414,11 +463,16 @@ class Coordinator:
             return  # workers are still loading the model: pump() dispatches when they are done
         held = self.state.scheduler.held_by
         worker = min(ready, key=lambda w: (len(held(w)), self._last_reply.get(w, 0.0), w))
-        now = time.time()
+        now, before = time.time(), len(held(worker))
         batch = self.state.scheduler.first_batch(job_id, worker, now, FIRST_BATCH)
         if batch is None:
             return
-        self.mirror.send(self.state.applied - 1, self.state.dispatched([batch], now))
+        if before:  # runs next to the worker's batch: not part of its sequence of batches
+            self._alongside.add(batch.id)
+        else:
+            self.pacing.dispatched(worker, before, time.monotonic())
+        ops = self.state.dispatched([batch], now)  # numbered before it is sent: see commit()
+        self.mirror.send(self.state.applied - len(ops), ops)
         self._running[batch.id] = asyncio.ensure_future(self._run(batch, urgent=True))
 
     async def _run(self, batch: Batch, adopt: bool = False, urgent: bool = False) -> None:
@@ -466,9 +520,18 @@ class Coordinator:
             return
         self._running.pop(batch.id, None)
         self._last_reply[batch.worker] = time.monotonic()
+        if batch.id in self._alongside:
+            self._alongside.discard(batch.id)
+        else:
+            others = sum(1 for b in self.state.scheduler.held_by(batch.worker) if b.id != batch.id)
+            self.pacing.replied(
+                batch.worker, batch.model, len(batch.queries), others, time.monotonic()
+            )
         await self._accept(batch, spec, reply)
 
     async def _requeue(self, batch: Batch, exc: RpcError) -> None:
+        self.pacing.forget(batch.worker)
+        self._alongside.discard(batch.id)
         if exc.unreachable:
             self._excluded[batch.worker] = time.monotonic() + EXCLUDE_S
         if exc.status == 503 and "no inference work" in str(exc):
@@ -535,6 +598,8 @@ class Coordinator:
         """Membership marked `worker` failed (or it left): requeue everything it held."""
         held = self.state.scheduler.held_by(worker)
         self.ready.pop(worker, None)
+        self.pacing.forget(worker)
+        self._alongside.difference_update(b.id for b in held)
         if not held:
             return
         for b in held:

@@ -47,11 +47,21 @@ class Rpc:
         }
 
     async def call(self, addr: str, path: str, body: Any, timeout: float) -> Any:
+        """POST `body` to a node's internal route; its decoded answer, or RpcError."""
+        return await self._request("POST", addr, path, pack(body), timeout)
+
+    async def get(self, addr: str, path: str, timeout: float) -> Any:
+        return await self._request("GET", addr, path, None, timeout)
+
+    async def _request(
+        self, method: str, addr: str, path: str, data: bytes | None, timeout: float
+    ) -> Any:
         url = f"http://{addr}{path}"
         try:
-            async with self.session.post(
+            async with self.session.request(
+                method,
                 url,
-                data=pack(body),
+                data=data,
                 headers=self.headers(),
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as r:

@@ -142,13 +142,19 @@ class Scheduler:
         return [b for b in self.batches.values() if b.worker == worker]
 
     def next_batch(
-        self, worker: str, now: float, can_run: Callable[[str], bool] | None = None
+        self,
+        worker: str,
+        now: float,
+        can_run: Callable[[str], bool] | None = None,
+        room: int | None = None,
     ) -> Batch | None:
         """The next batch for `worker` (None if it is full or there is no work it can run).
 
-        `can_run(model)` says whether the worker has that model ready (trained).
+        `can_run(model)` says whether the worker has that model ready (trained); `room`, if
+        given, caps the batches it may hold below `prefetch` for now (see `fill`).
         """
-        if len(self.held_by(worker)) >= self.prefetch:
+        cap = self.prefetch if room is None else min(self.prefetch, room)
+        if len(self.held_by(worker)) >= cap:
             return None
         candidates = [
             j
@@ -202,19 +208,29 @@ class Scheduler:
         return out
 
     def fill(
-        self, workers: Iterable[str], now: float, can_run: Callable[[str, str], bool] | None = None
+        self,
+        workers: Iterable[str],
+        now: float,
+        can_run: Callable[[str, str], bool] | None = None,
+        room: Callable[[str], int] | None = None,
     ) -> list[Batch]:
-        """Dispatch until every worker holds `prefetch` batches or no work is left.
+        """Dispatch until every worker holds `prefetch` batches (or `room(worker)`, asked once
+        per call, if less) or no work is left.
 
+        `room` is how late binding is done: a worker whose running batch is far from its end
+        gets its next batch only when that end is near, so the job it runs next is chosen
+        from the progress of all jobs at that moment rather than a whole batch earlier (the
+        completions, and so the query rates, then follow the fair shares much more closely).
         Rounds go worker by worker so that batches spread across workers first.
         """
         out: list[Batch] = []
         active = list(workers)
+        caps = {w: room(w) for w in active} if room is not None else {}
         while active:
             still = []
             for w in active:
                 fits = None if can_run is None else (lambda m, w=w: can_run(w, m))
-                b = self.next_batch(w, now, fits)
+                b = self.next_batch(w, now, fits, caps.get(w))
                 if b is not None:
                     out.append(b)
                     still.append(w)

@@ -2,9 +2,13 @@
 runs ONNX Runtime with N intra-op threads and serves requests read from stdin.
 
 Threads: the main thread reads requests; one decode thread decodes batches; one inference thread
-opens sessions and runs batches, one at a time in arrival order (an "urgent" run goes ahead of
-those still waiting). A run is decoded while the
+opens sessions and runs batches, one at a time in arrival order. A run is decoded while the
 previous one is inferred (ORT and Pillow release the GIL), which is the executor's pipelining.
+Those two threads run at a lower CPU priority than the process (BACKGROUND_NICE): an "urgent"
+batch (a new job's first query) is decoded and run by a third thread at the process's own
+priority, alongside the batch running, and the node raises the process's scheduling group while
+it runs (cpu_priority.GroupPriority), so on saturated cores the kernel gives it most of one and the
+new job's first result waits for neither the running batch nor the queue.
 Replies go to the parent's pipe in completion order, tagged with the request id.
 """
 
@@ -12,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
-import itertools
 import os
 import pickle
 import re
@@ -21,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from typing import IO, Any, Final
 import numpy as np
 import onnxruntime as ort
 
+from idunno.inference.cpu_priority import lower_thread_priority
 from idunno.inference.digits import decode_digit
 from idunno.inference.executor import (
     HEADER_SIZE,
@@ -49,8 +53,11 @@ MIN_PROBE_RUNS: Final = 2
 MAX_PROBE_RUNS: Final = 200  # ... or this many runs (tiny models)
 # What each preprocessing feeds the model per query; "none" feeds the model's own sample shape.
 SAMPLE_SHAPES: Final[dict[str, tuple[int, ...]]] = {"imagenet": (3, 224, 224), "digits": (64,)}
-MAX_MESSAGE: Final = 300
-NICENESS: Final = 5  # characters of an error message (one line)
+MAX_MESSAGE: Final = 300  # characters of an error message (one line)
+NICENESS: Final = 5  # the whole process, below the node (see main)
+# Added to NICENESS for the threads running ordinary batches (nice 15): CFS weights nice 5 to
+# nice 15 about 9 to 1, so an urgent run next to them gets ~90% of a shared core.
+BACKGROUND_NICE: Final = 10
 
 _ORT_ERROR = re.compile(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (?:Load model from .* failed:)?")
 
@@ -173,15 +180,14 @@ def pick_output(session: Any) -> tuple[str, ScoreKind, int | None]:
 # --- running ----------------------------------------------------------------------------------
 
 
-def forward(slot: ModelSlot, batch: Array, options: Any = None) -> Array:
+def forward(slot: ModelSlot, batch: Array) -> Array:
     """The chosen output for a batch of any size: one run for a dynamic batch dimension,
-    chunks of the fixed size (the last one zero-padded) otherwise. `options` (ort.RunOptions)
-    lets another thread stop the run (preemption by an urgent batch)."""
+    chunks of the fixed size (the last one zero-padded) otherwise."""
     if len(batch) == 0:
         return np.empty((0, 0), dtype=np.float32)
     size = slot.fixed_batch
     if size is None:
-        return _run(slot, batch, options)
+        return _run(slot, batch)
     outputs = []
     for start in range(0, len(batch), size):
         chunk = batch[start : start + size]
@@ -189,12 +195,12 @@ def forward(slot: ModelSlot, batch: Array, options: Any = None) -> Array:
         if count < size:
             padding = np.zeros((size - count, *chunk.shape[1:]), dtype=chunk.dtype)
             chunk = np.concatenate([chunk, padding])
-        outputs.append(_run(slot, chunk, options)[:count])
+        outputs.append(_run(slot, chunk)[:count])
     return np.concatenate(outputs)
 
 
-def _run(slot: ModelSlot, batch: Array, options: Any = None) -> Array:
-    output: Array = slot.session.run([slot.output_name], {slot.input_name: batch}, options)[0]
+def _run(slot: ModelSlot, batch: Array) -> Array:
+    output: Array = slot.session.run([slot.output_name], {slot.input_name: batch})[0]
     return output
 
 
@@ -341,45 +347,32 @@ class Channel:
             os._exit(0)
 
 
-class PriorityLane:
-    """One worker thread running tasks in priority order (0 first), then arrival order: an
-    urgent batch (a new job's first) goes ahead of the batches already queued behind the one
-    running. Tasks never preempt each other."""
+class Lane:
+    """One worker thread running tasks in arrival order; a `background` lane's thread runs at
+    BACKGROUND_NICE below the process."""
 
-    def __init__(self, name: str) -> None:
-        self._heap: list[tuple[int, int, Callable[..., Any], tuple[Any, ...], Future[Any]]] = []
-        self._seq = itertools.count()
+    def __init__(self, name: str, background: bool = False) -> None:
+        self._tasks: deque[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]] = deque()
         self._ready = threading.Condition()
+        self._background = background
         threading.Thread(target=self._work, name=name, daemon=True).start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, priority: int = 1) -> Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
         with self._ready:
-            heapq.heappush(self._heap, (priority, next(self._seq), fn, args, future))
+            self._tasks.append((fn, args, future))
             self._ready.notify()
         return future
 
     def _work(self) -> None:
+        if self._background:
+            lower_thread_priority(BACKGROUND_NICE)
         while True:
             with self._ready:
-                while not self._heap:
+                while not self._tasks:
                     self._ready.wait()
-                task = heapq.heappop(self._heap)
-            _execute(task[2], task[3], task[4])
-
-    def has_urgent(self) -> bool:
-        with self._ready:
-            return bool(self._heap) and self._heap[0][0] == 0
-
-    def run_urgent_now(self) -> None:
-        """Run the queued urgent (priority 0) tasks here and now: called from this lane's own
-        thread by a task that was preempted for them."""
-        while True:
-            with self._ready:
-                if not self._heap or self._heap[0][0] != 0:
-                    return
-                task = heapq.heappop(self._heap)
-            _execute(task[2], task[3], task[4])
+                fn, args, future = self._tasks.popleft()
+            _execute(fn, args, future)
 
 
 def _execute(fn: Callable[..., Any], args: tuple[Any, ...], future: Future[Any]) -> None:
@@ -395,13 +388,10 @@ class Child:
     def __init__(self, threads: int, channel: Channel) -> None:
         self.threads = threads
         self.channel = channel
-        self.decoder = PriorityLane("decode")
-        self.inferrer = PriorityLane("infer")
-        # The run in ONNX Runtime now: (its RunOptions, its priority); an urgent batch stops a
-        # normal one, which runs again right after it.
-        self._current: tuple[Any, int] | None = None
-        self._current_lock = threading.Lock()
-        # A model's load is in flight or done; runs wait for it (in the decode thread).
+        self.decoder = Lane("decode", background=True)
+        self.inferrer = Lane("infer", background=True)
+        self.urgent = Lane("urgent")  # decodes and runs urgent batches at the process priority
+        # A model's load is in flight or done; runs wait for it.
         self.models: dict[str, Future[ModelSlot]] = {}
 
     def serve(self, inp: IO[bytes]) -> None:
@@ -423,16 +413,12 @@ class Child:
             self._reply_when_done(call_id, loading, lambda slot: slot.report)
         elif op == "run":
             slot = self.models.get(request["model"])
-            priority = 0 if request.get("urgent") else 1
-            decoding = self.decoder.submit(self.decode, request, slot, priority=priority)
-            inferring = self.inferrer.submit(
-                self.infer, request, decoding, priority, priority=priority
-            )
-            self._reply_when_done(call_id, inferring)
-            if priority == 0:
-                with self._current_lock:
-                    if self._current is not None and self._current[1] > 0:
-                        self._current[0].terminate = True
+            if request.get("urgent"):
+                running = self.urgent.submit(self.decode_and_infer, request, slot)
+            else:
+                decoding = self.decoder.submit(self.decode, request, slot)
+                running = self.inferrer.submit(self.infer, request, decoding)
+            self._reply_when_done(call_id, running)
         elif op == "unload":
             self.models.pop(request["model"], None)
             self.channel.send({"id": call_id, "ok": None})
@@ -449,37 +435,23 @@ class Child:
             raise ModelError(f"model {name!r} is not loaded (its load failed)") from None
         return decode_batch(slot, request["items"])
 
-    def infer(
-        self, request: dict[str, Any], decoding: Future[Decoded], priority: int = 1
+    def decode_and_infer(
+        self, request: dict[str, Any], loading: Future[ModelSlot] | None
     ) -> BatchResult:
+        decoding: Future[Decoded] = Future()
+        _execute(self.decode, (request, loading), decoding)
+        return self.infer(request, decoding)
+
+    def infer(self, request: dict[str, Any], decoding: Future[Decoded]) -> BatchResult:
         decoded = decoding.result()
         infer_started, clock = time.monotonic(), time.perf_counter()
         slot, items = decoded.slot, request["items"]
-        while True:
-            options = ort.RunOptions()
-            options.log_severity_level = 4  # a preempted run is not an error worth a log line
-            with self._current_lock:
-                self._current = (options, priority)
-            # An urgent batch queued before we became current (handle() found nothing to stop):
-            # it goes first. After this check, handle() sees us as current and stops us instead.
-            if priority > 0 and self.inferrer.has_urgent():
-                with self._current_lock:
-                    self._current = None
-                self.inferrer.run_urgent_now()
-                continue
-            try:
-                output = forward(slot, decoded.batch, options)
-                break
-            except Exception as exc:
-                if not options.terminate:
-                    batch = request["batch"]
-                    raise ModelError(
-                        f"model {slot.name!r} failed on batch {batch!r}: {one_line(exc)}"
-                    ) from None
-            finally:
-                with self._current_lock:
-                    self._current = None
-            self.inferrer.run_urgent_now()  # preempted: the urgent batch first, then ours again
+        try:
+            output = forward(slot, decoded.batch)
+        except Exception as exc:
+            raise ModelError(
+                f"model {slot.name!r} failed on batch {request['batch']!r}: {one_line(exc)}"
+            ) from None
         good_ids = [items[i][0] for i in decoded.good]
         by_position = dict(
             zip(decoded.good, answers(output, good_ids, slot.scores, request["top_k"]), strict=True)

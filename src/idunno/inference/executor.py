@@ -39,6 +39,8 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, Self
 
+from idunno.inference.cpu_priority import GroupPriority
+
 DEFAULT_THREADS: Final = 1
 MAX_INFLIGHT: Final = 2  # one batch running, one being decoded (see docs/control-plane.md)
 PREPROCESSINGS: Final = ("imagenet", "digits", "none")
@@ -170,6 +172,7 @@ class Executor:
         # Use Executor.start(); the constructor only wires up a process that already runs.
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
+        self._priority = GroupPriority(proc.pid)
         self._stdin = proc.stdin
         self.threads = threads
         self._slots = asyncio.Semaphore(max_inflight)
@@ -204,10 +207,15 @@ class Executor:
             stdout=asyncio.subprocess.PIPE,
             env=_child_env(),
             close_fds=True,  # the node's sockets stay in the node
+            # A session, hence a scheduling group, of its own: its CPU share can then be set
+            # below the node's (inference is background work) and raised for urgent batches.
+            # It still ends with the node: it exits when its stdin closes.
+            start_new_session=True,
         )
         ex = cls(proc, threads, max_inflight)
         try:
             await asyncio.wait_for(asyncio.shield(ex._hello), start_timeout)
+            await ex._priority.start()
         except BaseException as exc:
             await ex.close()
             if isinstance(exc, TimeoutError):
@@ -268,8 +276,9 @@ class Executor:
     ) -> BatchResult:
         """Decode and run `items` ((query id, raw bytes) pairs) on a loaded model. Waits while
         `max_inflight` batches are already in the child. Raises ModelError if the model is not
-        loaded or fails on the batch, ExecutorError if the child dies. An `urgent` batch waits
-        for nothing but the batch running now (a new job's first batch: its first result)."""
+        loaded or fails on the batch, ExecutorError if the child dies. An `urgent` batch (a new
+        job's first: its first result) waits for nothing: the child runs it at once, alongside
+        the batch running, at a higher CPU priority."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         request = {
@@ -280,8 +289,9 @@ class Executor:
             "top_k": top_k,
             "urgent": urgent,
         }
-        if urgent:  # skips the queue here and in the child: next after the batch running now
-            urgent_result: BatchResult = await self._call(request)
+        if urgent:  # skips the queue here and in the child
+            async with self._priority.urgent():
+                urgent_result: BatchResult = await self._call(request)
             return urgent_result
         async with self._slots:
             result: BatchResult = await self._call(request)

@@ -19,7 +19,6 @@ import bisect
 import contextlib
 import hashlib
 import itertools
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,6 +50,8 @@ from idunno.store.service import NotFound
 
 # (store file name, version or None for the newest) -> (store Version, verified bytes)
 ReadFile = Callable[[str, int | None], Awaitable[tuple[Any, bytes]]]
+# (name, version, destination): the file copied there chunk by chunk (models: hundreds of MB)
+FetchFile = Callable[[str, int | None, Path], Awaitable[Any]]
 LogFn = Callable[..., None]
 
 MAX_TOP_K: Final = 1000
@@ -205,14 +206,6 @@ def _result(q: int, r: QueryResult) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A cache: no fsync (a torn file after a crash is rewritten on the next load anyway).
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _hash_and_decode(data: bytes, label: str) -> _Shard:
     sha = hashlib.sha256(data).hexdigest()
     try:
@@ -232,6 +225,7 @@ class WorkerService:
         me: str,
         cache_dir: Path,
         read_file: ReadFile,
+        fetch_file: FetchFile,
         fence: Fence,
         log: LogFn,
         threads: int = 1,
@@ -243,6 +237,7 @@ class WorkerService:
         self.enabled = threads > 0
         self.fence = fence
         self._read_file = read_file
+        self._fetch_file = fetch_file
         self._log = log
         self._executor: Executor | None = None
         self._started = False
@@ -387,12 +382,11 @@ class WorkerService:
             if spec in self._failed:
                 raise ModelError(self._failed[spec])
             source = model_file(spec.name)
+            path = self.cache_dir / "models" / f"{spec.name}-v{spec.version}.onnx"
             try:
-                _, data = await self._read_file(source, spec.version)
+                await self._fetch_file(source, spec.version, path)
             except NotFound as exc:
                 raise CatalogError(f"{source} v{spec.version}: {one_line(str(exc))}") from None
-            path = self.cache_dir / "models" / f"{spec.name}-v{spec.version}.onnx"
-            await asyncio.to_thread(_write_atomic, path, data)
             try:
                 report = _report(
                     spec.version, await ex.load(_session_key(spec), path, spec.preprocess)

@@ -154,6 +154,7 @@ class Node:
             opts.name,
             opts.data_dir / "cache",
             self.store.read_bytes,
+            self.store.read_to_file,
             fence,
             self.log,
             threads=opts.inference_threads,

@@ -26,10 +26,13 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
+import aiohttp
+
 from idunno.control.fence import Fence, StaleEpoch
-from idunno.store import plan
+from idunno.store import copyout, plan
 from idunno.store.disk import (
     CHUNK,
     Corrupt,
@@ -420,6 +423,41 @@ class StoreService:
                 return v, data
             last_error = f"{holder} sent bytes that fail the sha256 check"
         raise Unavailable(f"no replica of {name!r} v{v.version} could be read ({last_error})")
+
+    async def read_to_file(self, name: str, version: int | None, dest: Path) -> Version:
+        """A whole file copied to `dest` (replaced once complete and verified), chunk by chunk:
+        never held in memory, never joined on the event loop. For models."""
+        v, holders = await self.choose(name, version)
+        live = self.live()
+        last_error = "no live holder"
+        for holder in holders:
+            if holder != self.me and holder not in live:
+                continue
+            chunks = (
+                self.local_chunks(name, v)
+                if holder == self.me
+                else self._remote_chunks(live[holder], name, v)
+            )
+            try:
+                size, digest = await copyout.write_chunks(chunks, dest)
+            except (Corrupt, PeerError, OSError, TimeoutError, aiohttp.ClientError) as exc:
+                last_error = str(exc) or type(exc).__name__
+                await copyout.discard(dest)
+                continue
+            if size == v.size and digest == v.sha256:
+                await copyout.commit(dest)
+                return v
+            await copyout.discard(dest)
+            last_error = f"{holder} sent bytes that fail the sha256 check"
+        raise Unavailable(f"no replica of {name!r} v{v.version} could be read ({last_error})")
+
+    async def _remote_chunks(self, addr: str, name: str, v: Version) -> AsyncIterator[bytes]:
+        resp = await self.peers.open_blob(addr, name, v.version)
+        try:
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                yield chunk
+        finally:
+            resp.release()
 
     async def _corrupt(self, name: str, v: Version, why: str) -> None:
         self.log("corrupt_copy", level="warning", file=name, version=v.version, detail=why)

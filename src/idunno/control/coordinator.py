@@ -524,8 +524,14 @@ class Coordinator:
             self._alongside.discard(batch.id)
         else:
             others = sum(1 for b in self.state.scheduler.held_by(batch.worker) if b.id != batch.id)
+            busy = reply.get("infer_s") if isinstance(reply, dict) else None
             self.pacing.replied(
-                batch.worker, batch.model, len(batch.queries), others, time.monotonic()
+                batch.worker,
+                batch.model,
+                len(batch.queries),
+                float(busy) if isinstance(busy, int | float) else 0.0,
+                others,
+                time.monotonic(),
             )
         await self._accept(batch, spec, reply)
 

@@ -1426,9 +1426,9 @@ def md_first_result(sec: Mapping[str, Any]) -> str:
         "`submitted_at` is taken before the job's spec is written to the store). Both jobs at "
         "the same batch size, then cancelled. Submit call = the client's wall time for `POST "
         "/v1/jobs`. ms/query = C2 per-query processing time (decode + inference on the worker) "
-        "of the first AlexNet result and of the running ResNet18 job; a worker runs one batch "
-        "and holds one more, so a new job's first batch starts after the batch running on the "
-        "first worker to free a slot and the one it already holds.\n\n"
+        "of the first AlexNet result and of the running ResNet18 job. A new job's first batch is "
+        "one query sent urgent: its worker's executor runs it at once, next to the batch it is "
+        "running, at a higher CPU priority (docs/control-plane.md).\n\n"
         + _report.table(head, rows, 1)
     )
 

@@ -82,9 +82,8 @@ class WorkerSim:
         t in steps of 0.5 s."""
         ratios = []
         for k in range(int((end - 10 - start) / 0.5) + 1):
-            ra, rb = self.rate(a, start + k * 0.5, start + k * 0.5 + 10), self.rate(
-                b, start + k * 0.5, start + k * 0.5 + 10
-            )
+            t = start + k * 0.5
+            ra, rb = self.rate(a, t, t + 10), self.rate(b, t, t + 10)
             ratios.append(max(ra, rb) / min(ra, rb))
         return max(ratios)
 

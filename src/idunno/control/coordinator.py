@@ -422,22 +422,14 @@ class Coordinator:
 
         now, clock = time.time(), time.monotonic()
         held = {w: len(self.state.scheduler.held_by(w)) for w in workers}
-        batches: list[Batch] = []
-        # A second pass: a worker that was idle got one batch; it gets its second at once if
-        # that first one should end within the lead time (or its pace is not known yet).
-        for _ in range(self.state.scheduler.prefetch):
-            more = self.state.scheduler.fill(workers, now, can_run, lambda w: self._room(w, clock))
-            for b in more:
-                self.pacing.dispatched(b.worker, held[b.worker], clock)
-                held[b.worker] += 1
-            batches += more
-            if not more:
-                break
+        batches = self.state.scheduler.fill(workers, now, can_run, lambda w: self._room(w, clock))
         if not batches:
             return
         ops = self.state.dispatched(batches, now)
         self.mirror.send(self.state.applied - len(ops), ops)
         for b in batches:
+            self.pacing.dispatched(b.worker, held[b.worker], clock)
+            held[b.worker] += 1
             self._running[b.id] = asyncio.ensure_future(self._run(b))
 
     def _room(self, worker: str, clock: float) -> int:

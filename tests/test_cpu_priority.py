@@ -39,8 +39,11 @@ class Writer:
         return [v for _, v in self.writes]
 
 
-async def settle(g: GroupPriority) -> None:
+async def settle(g: GroupPriority, within_s: float = 5.0) -> None:
+    """Wait for the return to BACKGROUND to finish (it waits out the kernel's interval)."""
+    deadline = time.monotonic() + within_s
     while g._lowering is not None:
+        assert time.monotonic() < deadline, "the group was never lowered again"
         await asyncio.sleep(0.01)
 
 

@@ -284,7 +284,8 @@ def call(
         with urllib.request.urlopen(req, timeout=10.0) as resp:
             status, ctype, data = resp.status, resp.headers.get_content_type(), resp.read()
     except urllib.error.HTTPError as exc:
-        status, ctype, data = exc.code, exc.headers.get_content_type(), exc.read()
+        with exc:  # closes its socket at once, not at some later garbage collection
+            status, ctype, data = exc.code, exc.headers.get_content_type(), exc.read()
     parsed = json.loads(data) if ctype == "application/json" else None
     return status, ctype, parsed
 

@@ -1,11 +1,12 @@
 """`idunno train` and `idunno job ...` (C1-C5) against real `idunno node` processes.
 
-One shared 5-node cluster holds the trained digits models, AlexNet (untrained), the digits
-dataset, 40 sample photos and two folder datasets: `many` (1,200 photos, long enough to change a
-job's batch size while it runs) and `mixed` (six photos and one truncated JPEG). The fixture
-trains every model on every worker once, so the tests start from a settled cluster. Later tests
-add nodes (one that takes no inference work, one that joins while a job runs); they run in file
-order, after the tests that count the workers.
+One shared 5-node cluster holds the trained digits models, `tinynet` (a user ONNX file shaped
+like an ImageNet classifier, untrained: tests/tiny_models.py), the digits dataset, 40 sample
+photos and two folder datasets: `many` (1,200 photos, long enough to change a job's batch size
+while it runs) and `mixed` (six photos and one truncated JPEG). The fixture trains every model
+on every worker once, so the tests start from a settled cluster. Later tests add nodes (one
+that takes no inference work, one that joins while a job runs); they run in file order, after
+the tests that count the workers.
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ from tests.conftest import (
     cli_env,
     stop_popen,
 )
+from tests.tiny_models import build_tiny_imagenet
 
 pytestmark = pytest.mark.process
 
 DIGITS = 1797
-MODELS = ("alexnet", "digits_logreg", "digits_mlp")
-# Photos in the `many` dataset: AlexNet on 6 workers must still be busy with it after its first
-# batch and a CLI round trip (400 were answered within that on a quiet machine).
+IMAGE_MODEL = "tinynet"
+MODELS = (IMAGE_MODEL, "digits_logreg", "digits_mlp")
+# Photos in the `many` dataset: tinynet (AlexNet's cost per query) on 6 workers must still be
+# busy with it after its first batch and a CLI round trip (400 were answered within that with
+# AlexNet on a quiet machine).
 MANY = 1200
 DIGIT_LABELS = [str(d) for d in range(10)]
 SETTLE = 45.0  # a coordinator agreed by every node (a busy 2-core machine may fail over first)
@@ -159,7 +163,7 @@ def write_folders(root: Path) -> None:
 
 
 def train_everywhere(e: Env) -> None:
-    """Load every model on every worker (AlexNet is 244 MB: the first load is the slow part)."""
+    """Load every model on every worker."""
     for _ in range(3):
         try:
             report = e.client(timeout=150.0).train([])
@@ -182,10 +186,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         e = Env(c, root)
         try:
             write_folders(root)
+            (root / "tinynet.onnx").write_bytes(build_tiny_imagenet())
             setup = [
                 ("model", "add", "digits_logreg", "--builtin"),
                 ("model", "add", "digits_mlp", "--builtin"),
-                ("model", "add", "alexnet", "--builtin"),
+                (
+                    "model",
+                    "add",
+                    IMAGE_MODEL,
+                    str(root / "tinynet.onnx"),
+                    "--preprocess",
+                    "imagenet",
+                ),
                 ("dataset", "add", "digits", "--builtin"),
                 ("dataset", "sample", "photos", "--count", "40"),
                 ("dataset", "add", "many", str(root / "many")),
@@ -312,7 +324,7 @@ def test_train_reports_a_cost_per_query_of_every_model_on_every_worker(
 ) -> None:
     e = env
     data = ok_json(idunno("train", "--json", *e.at(), timeout=150))
-    assert sorted(m["model"] for m in data["models"]) == list(MODELS)
+    assert sorted(m["model"] for m in data["models"]) == sorted(MODELS)
     for m in data["models"]:
         assert m["version"] >= 1
         assert set(m["workers"]) == set(e.workers()), m
@@ -489,7 +501,7 @@ def test_two_jobs_run_at_once_with_rates_and_shares(env: Env, idunno: CliRunner)
 
 def test_set_batch_size_applies_from_the_next_batch(env: Env, idunno: CliRunner) -> None:
     e = env
-    submit(e, idunno, "resize", "alexnet", "many", 8)
+    submit(e, idunno, "resize", IMAGE_MODEL, "many", 8)
     wait_for(lambda: e.client().job("resize")["done"] >= 8, 30, "the first batch of resize")
     out = ok(idunno("job", "set-batch-size", "resize", "2", *e.at()))
     changed_at = time.time()
@@ -500,7 +512,7 @@ def test_set_batch_size_applies_from_the_next_batch(env: Env, idunno: CliRunner)
     ok(idunno("job", "wait", "resize", "--timeout", str(JOB_DONE), *e.at()))
     results = all_results(e, "resize")
     assert len(results) == MANY and all(r["error"] is None for r in results)
-    assert all(r["labels"] is None for r in results)  # AlexNet is untrained: no labels
+    assert all(r["labels"] is None for r in results)  # no labels file was given
     batches = by_batch(results)
     sizes = [len(batches[b]) for b in sorted(batches)]
     assert sizes[0] == 1, sizes  # a new job's first batch: one urgent query
@@ -604,7 +616,7 @@ def test_the_api_refuses_a_bad_weight(env: Env) -> None:
     try:
         for weight in weights:
             with pytest.raises(ClientError) as info:
-                client.submit_job("alexnet", "mixed", 4, f"weight-{weight}", weight)
+                client.submit_job(IMAGE_MODEL, "mixed", 4, f"weight-{weight}", weight)
             assert info.value.status == 400 and "weight" in str(info.value)
     finally:  # a job the bug let in must not slow the next tests down
         for job in client.jobs()["jobs"]:
@@ -620,7 +632,7 @@ def test_an_unreadable_image_fails_only_its_own_query(env: Env, idunno: CliRunne
         decode_imagenet(bad.read_bytes(), "bad.jpg")
     manifest = Catalog(e.client()).dataset("mixed")
     assert list(manifest.item_ids) == ["bad.jpg", *(f"good_{k}.jpg" for k in range(6))]
-    submit(e, idunno, "mixed-job", "alexnet", "mixed", 4)
+    submit(e, idunno, "mixed-job", IMAGE_MODEL, "mixed", 4)
     waited = ok(idunno("job", "wait", "mixed-job", "--timeout", str(JOB_DONE), *e.at()))
     assert "done: 7 queries, 1 error," in waited
     results = {r["query"]: r for r in all_results(e, "mixed-job")}

@@ -83,6 +83,7 @@ def test_metrics_describe_members_store_role_and_jobs(
     with pytest.raises(urllib.error.HTTPError) as info:
         scrape(c, "n1", token="idn1.0.bad")
     assert info.value.code == 401
+    info.value.close()  # its socket now, not when a later test's garbage collection finds it
 
 
 def test_logs_grep_searches_every_node_and_reports_a_dead_one(

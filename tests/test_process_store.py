@@ -426,8 +426,11 @@ def test_killing_three_of_four_holders_at_once_loses_nothing(
 
 
 def test_a_node_down_during_a_delete_does_not_resurrect_the_file(
-    cluster: ClusterFactory, scratch: Path
+    cluster: ClusterFactory, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The check below waits for a repair round that starts after the node is back everywhere:
+    # the periodic one, 10 s apart by default.
+    monkeypatch.setenv("IDUNNO_STORE_SYNC_INTERVAL", "2")
     c = cluster(6)
     name = "outage/deleted.txt"
     put_bytes(c, "n1", name, b"first", scratch)

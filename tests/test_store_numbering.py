@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from idunno.store.config import StoreConfig
 from idunno.store.disk import DiskStore
 from idunno.store.reservations import RETENTION_S, Reservations
-from idunno.store.service import StoreConfig, StoreService
+from idunno.store.service import StoreService
 from tests.test_store_fanout import PausedPeers
 from tests.test_store_pure import store_cluster
 

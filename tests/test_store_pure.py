@@ -17,12 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from idunno.store import plan
+from idunno.store.config import StoreConfig
 from idunno.store.disk import DiskStore, Version
 from idunno.store.names import MAX_NAME_BYTES, InvalidName, key, validate
 from idunno.store.placement import authority, rank, replica_set, score
 from idunno.store.plan import Answer, Holding, Offer, answer, offers, should_drop
 from idunno.store.quorum import Quorum
-from idunno.store.service import StoreConfig, StoreService
+from idunno.store.service import StoreService
 from idunno.testing.store_sim import InvariantViolation, SimConfig, StoreSim
 
 R = 4

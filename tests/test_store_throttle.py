@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from idunno.store import throttle as throttle_mod
+from idunno.store.config import StoreConfig
 from idunno.store.disk import DiskStore
 from idunno.store.placement import rank
-from idunno.store.service import StoreConfig, StoreService
+from idunno.store.service import StoreService
 from idunno.store.throttle import BURST_S, Throttle
 from tests.test_store_pure import MemPeers, store_cluster, versions_on
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from idunno.membership.config import MembershipConfig
-from idunno.store.service import StoreConfig
+from idunno.store.config import StoreConfig
 
 ENV_FILE = "IDUNNO_CONFIG"
 ENV_PREFIX = "IDUNNO_"

@@ -73,6 +73,7 @@ class ControlPlane:
         self._presumed_dead: dict[str, float] = {}
         self._epoch_read = False
         self._reread_at = 0.0
+        self._view_changed_at = time.monotonic()  # for roles.first_claim_waits
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -98,6 +99,7 @@ class ControlPlane:
         self._kick.set()
 
     def on_member_change(self, change: MemberChanged) -> None:
+        self._view_changed_at = time.monotonic()
         if change.new in (Status.FAILED, Status.LEFT):
             if self.coordinator is not None:
                 self.coordinator.worker_failed(change.name)
@@ -168,23 +170,34 @@ class ControlPlane:
             await self._keep_standby(live)
             return
         if roles.choose_coordinator(self.reign, live) == self.me:
+            if self.reign is None and not await self._no_reign_after_settling():
+                return
             await self._claim(live)
         elif self.reign is not None and self.reign.standby == self.me:
             self._ensure_watch()
 
-    async def _read_epoch_file(self) -> None:
+    async def _no_reign_after_settling(self) -> bool:
+        """True once this node's view has settled (`roles.first_claim_waits`) and a fresh read
+        of the epoch file, from that view, still finds no reign: a first claim may go ahead."""
+        if roles.first_claim_waits(self.reign, time.monotonic() - self._view_changed_at):
+            return False
+        return await self._read_epoch_file() and self.reign is None
+
+    async def _read_epoch_file(self) -> bool:
+        """Adopt the reign in the store's epoch file; False when the store could not answer."""
         try:
             v, data = await self.store.read_bytes(durable.EPOCH_FILE, None)
         except NotFound:
             self._epoch_read = True
             self._reread_at = time.monotonic() + REREAD_S
-            return
+            return True
         except Exception:  # too few nodes for the store yet: try again next round
-            return
+            return False
         doc = json.loads(data)
         self._adopt(Reign(v.version, str(doc["coordinator"]), doc.get("standby")))
         self._epoch_read = True
         self._reread_at = time.monotonic() + REREAD_S
+        return True
 
     async def _refresh_reign(self) -> None:
         before = self.reign

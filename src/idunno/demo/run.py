@@ -159,6 +159,9 @@ def dashboard_url(address: str, key: bytes) -> str | None:
         with urllib.request.urlopen(req, timeout=2.0) as resp:
             html = "text/html" in resp.headers.get("Content-Type", "")
             return url if resp.status == 200 and html else None
+    except urllib.error.HTTPError as exc:
+        exc.close()  # its socket
+        return None
     except (urllib.error.URLError, OSError, ValueError):
         return None
 

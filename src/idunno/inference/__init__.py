@@ -6,35 +6,6 @@
 - `images`: distinct sample photos from scikit-learn's bundled images, and the ImageNet
   preprocessing workers apply.
 
-`digits` imports scikit-learn (about a second), so it is not imported here.
+Nothing is imported here: a node or a CLI command that needs only the catalog must not pay
+for ONNX, Pillow and NumPy (nor `digits` for scikit-learn, about a second).
 """
-
-from idunno.inference.images import (
-    ImageDecodeError,
-    decode_imagenet,
-    preprocess_imagenet,
-    sample_images,
-)
-from idunno.inference.zoo import (
-    MODEL_INFO,
-    ModelInfo,
-    build_alexnet,
-    build_model,
-    build_resnet18,
-    inspect_model,
-    read_metadata,
-)
-
-__all__ = [
-    "MODEL_INFO",
-    "ImageDecodeError",
-    "ModelInfo",
-    "build_alexnet",
-    "build_model",
-    "build_resnet18",
-    "decode_imagenet",
-    "inspect_model",
-    "preprocess_imagenet",
-    "read_metadata",
-    "sample_images",
-]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import itertools
 import time
@@ -254,7 +253,6 @@ class WorkerService:
         self._fetching: dict[tuple[str, str, int], asyncio.Task[_Shard]] = {}
         self._running = 0
         self._last_batch_end = -BUSY_HOLD_S  # monotonic
-        self._warming: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None  # models back into a new executor
         self.on_batch_done: Callable[[str, float], None] | None = None  # model, s: /metrics
         # batch id -> (job, its run, when it finished): kept RUN_MEMORY_S for `collect`
@@ -263,20 +261,16 @@ class WorkerService:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Spawn the executor in the background (a node starts serving at once; the first
-        load or run waits for it). Nothing for a node that takes no inference work."""
+        """Accept work. The executor is spawned by the first load (`idunno train`, or the
+        coordinator training a node that joined), not here: importing ONNX Runtime in every
+        node at once slowed a cluster's start by a sixth, and a node that only stores files
+        never needs it."""
         self._started = True
-        if self.enabled:
-            self._warming = asyncio.create_task(self._warm_up(), name="executor-start")
-
-    async def _warm_up(self) -> None:
-        with contextlib.suppress(WorkerUnavailable):
-            await self._current()
 
     async def stop(self) -> None:
         """Close the executor (runs in flight get WorkerUnavailable) and cancel shard fetches."""
         self._stopped = True
-        background = [t for t in (self._warming, self._reloading) if t is not None]
+        background = [t for t in (self._reloading,) if t is not None]
         for task in [*self._fetching.values(), *background]:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

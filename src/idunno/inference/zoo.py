@@ -248,7 +248,7 @@ def build_model(name: str, seed: int = 0) -> bytes:
     if name in MODEL_INFO:
         from idunno.inference.digits import train_digits_models  # scikit-learn loads slowly
 
-        return train_digits_models(seed)[name]
+        return train_digits_models(seed, only=(name,))[name]
     known = ", ".join(MODEL_INFO)
     raise ValueError(f"unknown model {name!r}: choose one of {known} or give an ONNX file")
 

@@ -33,9 +33,10 @@ from idunno.node.known import KnownMembers
 from idunno.node.logs import EventLog
 from idunno.node.metrics import NodeMetrics
 from idunno.store import api as store_api
+from idunno.store.config import StoreConfig
 from idunno.store.disk import DiskStore
 from idunno.store.peers import Peers
-from idunno.store.service import StoreConfig, StoreService
+from idunno.store.service import StoreService
 from idunno.transport import tokens
 
 PUSH_PULL_TIMEOUT = 3.0

@@ -26,6 +26,14 @@ Model:
 - An announcement is lost if, when it is due, its sender or its target is down or they are on
   different sides of the partition (a request in flight when its sender dies, or cut off).
 - A claim needs `replicas` members in the claimant's view (the store refuses a put otherwise).
+- A node that knows of no reign claims only once its view has not changed for
+  `first_claim_settle` rounds and a fresh read of the epoch file still finds none
+  (`roles.first_claim_waits`: 0.5 s, two rounds of ControlPlane's 0.25 s step).
+- `start="partial"` starts a new cluster the way processes start: each node sees itself and a
+  random few of the others, and the rest join its view over 1..`view_delay` rounds.
+  `epoch_file="view"` has a claim write the epoch file to the members in the claimant's view
+  and a read ask the members in the reader's view, as the store does (the default, "side",
+  reaches every member on the node's side of any partition).
 The defaults model ControlPlane as it is: the reign is announced on a claim, on a standby change
 and to every node that joins the leader's view, and followers re-read the epoch file.
 
@@ -48,6 +56,8 @@ from idunno.control.fence import Fence, StaleEpoch
 from idunno.control.roles import Reign
 
 EpochSource = Literal["counter", "per_side"]
+StartViews = Literal["full", "partial"]
+EpochFileReach = Literal["side", "view"]
 RelearnPolicy = Literal["never", "store", "ask", "peers"]
 AnnouncePolicy = Literal["on_claim", "on_join", "every_round"]
 
@@ -69,6 +79,9 @@ class SimConfig:
     relearn: RelearnPolicy = "store"
     reread_every: int = 6  # rounds between a follower's periodic re-reads of the epoch file
     replicas: int = 1  # a claim (a store put) needs this many members in the claimant's view
+    first_claim_settle: int = 2  # rounds; 0 claims at once, as ControlPlane did before
+    start: StartViews = "full"
+    epoch_file: EpochFileReach = "side"
     persist_fence: bool = True
     p_crash: float = 0.05
     p_restart: float = 0.2
@@ -87,6 +100,7 @@ class SimNode:
     leading: int | None = None  # the epoch this node coordinates
     view: frozenset[str] = frozenset()
     refresh_at: int | None = None
+    view_changed: int = 0  # the round its view last changed
     disk: Reign | None = None  # its copy of _control/epoch (survives a crash)
 
 
@@ -108,6 +122,13 @@ class ElectionSim:
         for node in self.nodes.values():
             node.view = frozenset(self.nodes)
         self.round = 0
+        if self.cfg.start == "partial":
+            for name in sorted(self.nodes):
+                others = sorted(set(self.nodes) - {name})
+                seen = self.rng.sample(others, self.rng.randint(0, len(others)))
+                node = self.nodes[name]
+                node.view = frozenset([name, *seen])
+                node.refresh_at = self.rng.randint(1, max(1, self.cfg.view_delay))
         self.counter = 0
         self.inbox: list[Announcement] = []
         self.history: list[tuple[object, ...]] = []
@@ -167,6 +188,7 @@ class ElectionSim:
         node.up = True
         node.leading = None
         node.view = self.truth(name)
+        node.view_changed = self.round
         node.refresh_at = None
         node.reign = self._read_epoch_file(name)
         self._log("start", name, _reign_key(node.reign))
@@ -217,6 +239,8 @@ class ElectionSim:
             node = self.nodes[name]
             if node.refresh_at is not None and node.refresh_at <= self.round:
                 joined = self.truth(name) - node.view
+                if node.view != self.truth(name):
+                    node.view_changed = self.round
                 node.view = self.truth(name)
                 node.refresh_at = None
                 if node.leading is not None and self.cfg.announce == "on_join":
@@ -229,7 +253,7 @@ class ElectionSim:
                 self._keep_standby(node)
                 continue
             self._relearn(node)
-            if roles.choose_coordinator(node.reign, node.view) == name:
+            if roles.choose_coordinator(node.reign, node.view) == name and self._may_claim(node):
                 self._claim(node)
         due = [a for a in self.inbox if a.due <= self.round]
         self.inbox = [a for a in self.inbox if a.due > self.round]
@@ -283,6 +307,17 @@ class ElectionSim:
             for peer in sorted(node.view):
                 if self.reaches(node.name, peer):
                     node.reign = roles.newer(node.reign, self.nodes[peer].reign)
+
+    def _may_claim(self, node: SimNode) -> bool:
+        """ControlPlane._no_reign_after_settling: a node that knows of no reign waits for its
+        view to settle, then reads the epoch file again."""
+        if node.reign is not None:
+            return True
+        if self.round - node.view_changed < self.cfg.first_claim_settle:
+            return False
+        if self.cfg.first_claim_settle:
+            node.reign = self._read_epoch_file(node.name)
+        return node.reign is None
 
     def _claim(self, node: SimNode) -> None:
         if len(node.view) < self.cfg.replicas:
@@ -377,17 +412,23 @@ class ElectionSim:
         if self.cfg.epochs == "counter":
             self.counter += 1
             return self.counter
-        tops = [self.nodes[m].disk for m in self.truth(name)]
+        tops = [self.nodes[m].disk for m in self._reach(name)]
         return max((r.epoch for r in tops if r is not None), default=0) + 1
 
+    def _reach(self, name: str) -> frozenset[str]:
+        """The members a store call from `name` reaches."""
+        if self.cfg.epoch_file == "view":
+            return self.nodes[name].view & self.truth(name)
+        return self.truth(name)
+
     def _write_epoch_file(self, name: str, reign: Reign) -> None:
-        for m in self.truth(name):
+        for m in self._reach(name):
             node = self.nodes[m]
             if node.disk is None or node.disk.epoch < reign.epoch:
                 node.disk = reign
 
     def _read_epoch_file(self, name: str) -> Reign | None:
-        copies = [d for m in self.truth(name) if (d := self.nodes[m].disk) is not None]
+        copies = [d for m in self._reach(name) if (d := self.nodes[m].disk) is not None]
         return max(copies, key=lambda r: (r.epoch, r.coordinator), default=None)
 
     # --- verdicts -------------------------------------------------------------------------

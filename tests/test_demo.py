@@ -446,20 +446,24 @@ def consecutive_free_ports(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
+# Enough for the ResNet18 job to span both kills, 5 s apart (the demo's default is 2000).
+PHOTOS = 800
+
+
 @pytest.mark.process
 @pytest.mark.slow
 @pytest.mark.timeout(175)
 def test_demo_end_to_end(tmp_path: Path) -> None:
     base = consecutive_free_ports(6)
     cmd = [str(IDUNNO), "demo", "--dir", str(tmp_path), "--base-port", str(base)]
-    cmd += ["--photos", "1000"]
+    cmd += ["--photos", str(PHOTOS)]
     code, out, err, left = run_demo_process(cmd, tmp_path, timeout=160)
     assert code == 0, out[-3000:] + err[-3000:]
     for name, pattern in REPORT_LINES.items():
         assert re.search(pattern, out), f"report line {name} missing:\n{out[-3000:]}"
     acc = re.search(r"digits accuracy: (0\.\d+) top-1", out)
     assert acc is not None and float(acc.group(1)) > 0.9, out[-2000:]
-    assert re.search(r"\+\s*\d+\.\ds resnet18 \d+/1000", out), "no plain progress line"
+    assert re.search(rf"\+\s*\d+\.\ds resnet18 \d+/{PHOTOS}", out), "no plain progress line"
     assert "marked FAILED" in out and "elected coordinator" in out, out[-3000:]
     assert left == [], f"node processes left running: {left}"
     assert not (tmp_path / "cluster.json").exists()

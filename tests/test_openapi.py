@@ -60,7 +60,7 @@ METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 NOT_FUZZED = {("POST", "/v1/leave"), ("GET", "/v1/dashboard/stream")}
 # Answers 503 by design on the nodes that do not lead: fuzzed on the coordinator.
 COORDINATOR_ONLY = {"/v1/dashboard/coordinator"}
-EXAMPLES = 15  # per operation and mode: about 850 requests in all, 15-35 s
+EXAMPLES = 10  # per operation and mode: about 570 requests in all, 10-25 s
 LATE_EXAMPLES = 5
 CASE_TIMEOUT_S = 20.0  # /v1/train loads models on every worker
 FUZZ_BUDGET_S = 90.0

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.process
 R = 4
 DETECT = 15.0  # `lan` detects a crash in about 2 s; generous for a busy 2-core machine
 REPAIR = 30.0  # detection plus a repair round plus copying
+# Periodic repair rounds (10 s apart by default) for tests that wait for one after a restart.
+FAST_REPAIR_S = "2"
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -430,7 +432,7 @@ def test_a_node_down_during_a_delete_does_not_resurrect_the_file(
 ) -> None:
     # The check below waits for a repair round that starts after the node is back everywhere:
     # the periodic one, 10 s apart by default.
-    monkeypatch.setenv("IDUNNO_STORE_SYNC_INTERVAL", "2")
+    monkeypatch.setenv("IDUNNO_STORE_SYNC_INTERVAL", FAST_REPAIR_S)
     c = cluster(6)
     name = "outage/deleted.txt"
     put_bytes(c, "n1", name, b"first", scratch)
@@ -467,8 +469,9 @@ def test_a_node_down_during_a_delete_does_not_resurrect_the_file(
 
 
 def test_a_node_restarted_on_its_data_dir_keeps_and_reconciles_its_copies(
-    cluster: ClusterFactory, scratch: Path
+    cluster: ClusterFactory, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("IDUNNO_STORE_SYNC_INTERVAL", FAST_REPAIR_S)  # see the test above
     c = cluster(6)
     name = "restart/kept.bin"
     v1 = random.Random(7).randbytes(300_000)

@@ -15,8 +15,10 @@ per query and against a single-process ONNX Runtime run of the model bytes the s
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import re
 import signal
 import time
@@ -24,9 +26,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from idunno.client import Client, ClientError
+from idunno.inference.refusals import EXECUTOR_LOST
 from idunno.localcluster import KEY_FILE, ensure_key
 from idunno.testing.jobs import (
     DIGITS,
@@ -243,6 +247,54 @@ def test_worker_sigkill_mid_job_requeues_its_batches(cluster: ClusterFactory) ->
 
     found = wait_for(requeued, DETECT, f"coordinator {reign.coordinator} to log the requeue")
     assert any(e["event"] == "worker_failed" or e.get("job") == job_id for e in found), found
+
+
+def executor_of(c: ProcCluster, node: str) -> int | None:
+    """The pid of `node`'s executor child (our node's own child), or None while it has none."""
+    for child in psutil.Process(c.nodes[node].pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "idunno.inference._executor_main" in child.cmdline():
+                return int(child.pid)
+    return None
+
+
+def test_executor_sigkill_mid_job_requeues_at_once_and_the_node_works_again(
+    cluster: ClusterFactory,
+) -> None:
+    c, reign = digits_cluster(cluster, 4, long=True)
+    via, victim = workers_of(c, reign)[:2]
+    client = c.client(via, timeout=CLIENT_TIMEOUT)
+    job_id = start_job(client, "digits_mlp", 4, DIGITS_X4)
+    wait_for(
+        lambda: job_id in client.assignment()["workers"].get(victim, []),
+        JOB_TIMEOUT,
+        f"{victim} to hold a batch of job {job_id}",
+    )
+    pid = wait_for(lambda: executor_of(c, victim), DETECT, f"{victim}'s executor")
+    killed_at = time.time()
+    os.kill(pid, signal.SIGKILL)  # the node lives on: only its inference child dies
+
+    finished(client, job_id, killed_at, DIGITS_X4)
+    check_results(client, job_id, "digits_mlp", DIGITS_X4)  # every query exactly once
+
+    def after_kill(node: str, *kinds: str) -> list[dict[str, Any]]:
+        return [e for e in events(c.nodes[node].data_dir, *kinds) if e["ts"] >= killed_at]
+
+    loaded = wait_for(
+        lambda: [e for e in after_kill(victim, "model_loaded") if e.get("model") == "digits_mlp"],
+        DETECT,
+        f"{victim} to load digits_mlp into its new executor",
+    )
+    (restarted, *_) = after_kill(victim, "executor_restarted", "executor_started")
+    requeued = [
+        e
+        for e in after_kill(reign.coordinator, "batch_requeued")
+        if e.get("worker") == victim and EXECUTOR_LOST in e.get("detail", "")
+    ]
+    assert requeued, f"no batch of {victim} was requeued for its executor's death"
+    # Its batches went back to the queue before the new executor was even up, not after.
+    assert min(e["ts"] for e in requeued) <= restarted["ts"], (requeued, restarted)
+    assert loaded[0]["ts"] >= restarted["ts"]
 
 
 # --- 2. the coordinator dies mid-job: hot takeover ------------------------------------------------

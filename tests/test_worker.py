@@ -467,7 +467,8 @@ def test_executor_death_fails_its_batches_and_a_fresh_one_takes_over(
     for failure in runner.run(kill_under_two_batches()):
         assert isinstance(failure, WorkerUnavailable), failure
         assert "killed by SIGKILL" in str(failure) and "\n" not in str(failure)
-    # Two batches failed at once, one restart.
+    # Two batches failed at once (without waiting for the restart), one restart.
+    runner.run(wait_until(lambda: events.count("executor_restarted") >= 1, "the restart"))
     assert events.count("executor_died") == 1 and events.count("executor_restarted") == 1
     status = worker.status()
     second_pid = status["executor_pid"]
@@ -489,6 +490,7 @@ def test_executor_death_fails_its_batches_and_a_fresh_one_takes_over(
     os.kill(second_pid, signal.SIGKILL)
     with pytest.raises(WorkerUnavailable, match="SIGKILL"):
         runner.run(worker.run(run_request([6], shards)))
+    runner.run(wait_until(lambda: events.count("executor_restarted") >= 2, "the second restart"))
     assert events.count("executor_restarted") == 2
     reply = runner.run(worker.run(run_request([6], shards)))
     assert reply["results"][0]["error"] is None

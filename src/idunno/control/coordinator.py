@@ -24,6 +24,7 @@ from idunno.control.rpc import Rpc, RpcError, refuses_connections
 from idunno.control.scheduler import MAX_BATCH, Batch, JobStatus, SchedulerError
 from idunno.control.state import ControlState, JobSpec
 from idunno.inference import catalog
+from idunno.inference.refusals import EXECUTOR_LOST, NO_INFERENCE
 from idunno.store.service import NotFound
 
 RUN_PATH = "/v1/internal/work/run"
@@ -333,7 +334,7 @@ class Coordinator:
         except RpcError as exc:
             if exc.status == 409:
                 self._deposed(str(exc))
-            elif exc.status == 503 and "no inference work" in str(exc):
+            elif exc.status == 503 and NO_INFERENCE in str(exc):
                 self.disabled.add(worker)
             return {r["name"]: {"error": str(exc)} for r in refs}
         out: dict[str, dict[str, Any]] = {}
@@ -540,8 +541,13 @@ class Coordinator:
         self._alongside.discard(batch.id)
         if exc.unreachable:
             self._excluded[batch.worker] = time.monotonic() + EXCLUDE_S
-        if exc.status == 503 and "no inference work" in str(exc):
+        if exc.status == 503 and NO_INFERENCE in str(exc):
             self.disabled.add(batch.worker)
+        if exc.status == 503 and EXECUTOR_LOST in str(exc):
+            # Its new executor holds no model yet: no batch goes there until the pump's load
+            # (which waits for the worker's own reload) reports the model ready again; batches
+            # sent meanwhile would wait seconds for it.
+            self.ready.pop(batch.worker, None)
         self.log(
             "batch_requeued",
             level="warning",

@@ -43,6 +43,7 @@ from idunno.inference.executor import (
     ModelError,
     QueryResult,
 )
+from idunno.inference.refusals import EXECUTOR_LOST, NO_INFERENCE
 from idunno.store.disk import StoreError
 from idunno.store.peers import PeerError
 from idunno.store.service import NotFound
@@ -282,9 +283,7 @@ class WorkerService:
 
     def _check_enabled(self) -> None:
         if not self.enabled:
-            raise WorkerUnavailable(
-                f"node {self.me} takes no inference work (--inference-threads 0)"
-            )
+            raise WorkerUnavailable(f"node {self.me} {NO_INFERENCE} (--inference-threads 0)")
 
     async def _current(self) -> Executor:
         self._check_enabled()
@@ -306,8 +305,9 @@ class WorkerService:
             return self._executor
 
     async def _replace(self, dead: Executor, exc: ExecutorError) -> WorkerUnavailable:
-        """After `dead` failed a call: start a fresh executor, once however many calls saw it
-        fail, and return the error for the caller to raise."""
+        """After `dead` failed a call: note it once however many calls saw it fail, start a
+        fresh executor and load the models back in the background, and return the error for
+        the caller to raise at once (its batch is requeued without waiting for the restart)."""
         async with self._spawn_lock:
             if self._executor is dead and not self._stopped:
                 self._log("executor_died", level="error", pid=dead.pid, detail=str(exc))
@@ -315,21 +315,30 @@ class WorkerService:
                 self._executor = None
                 had = [_ModelSpec(n, m.version, m.preprocess) for n, m in self._loaded.items()]
                 self._loaded.clear()  # the new child has no model
-                await dead.close()
+                self._reloading = asyncio.create_task(
+                    self._restart(dead, had), name="executor-restart"
+                )
+        why = self._death[1] if self._death and self._death[0] is dead else str(exc)
+        return WorkerUnavailable(
+            f"node {self.me}: its {EXECUTOR_LOST} ({why}); retry the work elsewhere"
+        )
+
+    async def _restart(self, dead: Executor, had: list[_ModelSpec]) -> None:
+        await dead.close()
+        async with self._spawn_lock:
+            if self._stopped:
+                return
+            if self._executor is None:  # else a command started one meanwhile
                 try:
                     self._executor = await Executor.start(self.threads)
                 except ExecutorError as again:
                     # Left at None: the next command tries to start one again.
                     self._log("executor_start_failed", level="error", detail=str(again))
-                else:
-                    self._log("executor_restarted", pid=self._executor.pid)
-                    # Load the models back now, so the next batch does not wait for it.
-                    self._reloading = asyncio.create_task(
-                        self._reload(self._executor, had), name="executor-reload"
-                    )
-        # Later callers saw "executor is closed" (the close above): tell them why it went.
-        why = self._death[1] if self._death and self._death[0] is dead else str(exc)
-        return WorkerUnavailable(f"the executor on node {self.me} failed ({why}); retry the work")
+                    return
+                self._log("executor_restarted", pid=self._executor.pid)
+            ex = self._executor
+        # Load the models back now, so the next batch does not wait for it.
+        await self._reload(ex, had)
 
     async def _reload(self, ex: Executor, specs: list[_ModelSpec]) -> None:
         for spec in specs:

@@ -10,7 +10,7 @@ import pytest
 
 from idunno.testing.procs import PeakRss, ProcCluster
 
-SIZE = 300 << 20  # large enough that buffering whole files would show plainly in RSS
+SIZE = 200 << 20  # buffered whole, it alone would pass RSS_LIMIT: streaming shows plainly
 RSS_LIMIT = 150 << 20
 
 

@@ -513,7 +513,7 @@ def test_simulated_repair_under_other_configurations(config: SimConfig) -> None:
 
 @pytest.mark.slow
 def test_simulated_repair_over_many_more_seeds() -> None:
-    for seed in range(1000, 1150):
+    for seed in range(1000, 1100):
         StoreSim(seed).run()
 
 

@@ -164,10 +164,6 @@ class Workload:
             self.commit(submit_op(s))
         elif x < 0.30:
             self.pump()
-        elif x < 0.38 and in_flight:  # the worker streams the results of a leading sub-batch
-            b = rng.choice(in_flight)
-            part = self.results_for(b, 0.0, "part")[: rng.randint(1, len(b.queries))]
-            self.commit(dict(complete_op(b, part, self.now), op="partial"))
         elif x < 0.55 and in_flight:
             b = rng.choice(in_flight)
             op = complete_op(b, self.results_for(b, 0.2, "first"), self.now)
@@ -405,36 +401,6 @@ def test_a_partial_answer_requeues_the_rest_and_a_cancelled_job_takes_nothing() 
     assert sorted(s.books["j"].results) == [0, 2]
     assert s.scheduler.jobs["j"].status == JobStatus.CANCELLED
     assert s.scheduler.fill(["w0"], 5.0) == []
-
-
-def partial_op(batch: Batch, results: list[dict[str, Any]], t: float) -> dict[str, Any]:
-    return dict(complete_op(batch, results, t), op="partial")
-
-
-def test_streamed_results_count_once_and_a_requeue_puts_back_only_the_rest() -> None:
-    s, (b1, b2) = started()
-    vtime = s.scheduler.jobs["j"].vtime
-    assert s.apply(partial_op(b1, [result(0, batch=b1.id), result(1, batch=b1.id)], 2.0)) == [0, 1]
-    assert b1.id in s.scheduler.batches  # still running: the rest of it comes later
-    assert s.job_view("j", 2.0)["done"] == 2 and s.rate("j", 2.0) == 2 / 2.0
-    # The whole reply repeats the streamed results: only the rest is taken.
-    rest = [result(q, batch=b1.id, t=3.0, tag="whole") for q in b1.queries]
-    assert s.apply(complete_op(b1, rest, 3.0)) == [2, 3]
-    assert [s.books["j"].results[q]["output"] for q in range(4)] == [None, None, "whole", "whole"]
-    # A worker that streamed half a batch and died: only the unanswered half goes back, and
-    # only its queries are refunded to the job's virtual time.
-    assert s.apply(partial_op(b2, [result(4, batch=b2.id)], 4.0)) == [4]
-    s.apply({"op": "requeue", "batch": b2.id})
-    job = s.scheduler.jobs["j"]
-    assert list(job.pending) == [5, 6, 7] and job.vtime == vtime - 3
-    # Parts of a batch requeued meanwhile count as late answers; the last one ends the job.
-    assert s.apply(partial_op(b2, [result(q, batch=b2.id) for q in (4, 5)], 5.0)) == [5]
-    (b3,) = s.scheduler.fill(["w1"], 6.0)
-    assert b3.queries == (6, 7)
-    assert s.apply(partial_op(b3, [result(q, batch=b3.id) for q in (6, 7)], 7.0)) == [6, 7]
-    assert job.status == JobStatus.DONE and job.finished_at == 7.0
-    assert s.apply(complete_op(b3, [result(q, batch=b3.id) for q in (6, 7)], 8.0)) == []
-    assert sorted(s.books["j"].results) == list(range(8)) and not s.scheduler.batches
 
 
 def segments(*chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:

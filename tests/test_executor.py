@@ -28,7 +28,6 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from idunno.inference import zoo
-from idunno.inference._executor_main import stream_chunk_for, stream_chunk_setting
 from idunno.inference.digits import digit_items, train_digits_models
 from idunno.inference.executor import (
     BatchResult,
@@ -574,75 +573,3 @@ def test_the_executor_has_a_scheduling_group_of_its_own_at_background(executor: 
     group = Path(autogroup_path(executor.pid))
     if group.exists():
         assert group.read_text().split()[-1] == str(BACKGROUND)
-
-
-# --- streaming ----------------------------------------------------------------------------------
-
-
-def test_sub_batch_size_follows_what_every_run_costs() -> None:
-    """Seconds per query of whole runs of 8 and of single queries, measured on this machine
-    (one thread): ResNet18 is compute-bound and streams query by query; AlexNet pays about a
-    query's worth per run (its dense weights) and does not stream; nor does a tiny model."""
-    assert stream_chunk_for(17.69e-3, 18.39e-3) == 1
-    assert stream_chunk_for(17.0e-3, 18.5e-3) == 2  # 1.7 ms a run: 9% dearer one by one
-    assert stream_chunk_for(11.22e-3, 20.43e-3) is None  # 17% dearer even in fours
-    assert stream_chunk_for(2e-6, 30e-6) is None
-    assert stream_chunk_for(1e-3, 0.9e-3) == 1  # noise: single runs timed cheaper
-
-
-def test_stream_chunk_setting_overrides_the_measurement_or_says_what_is_wrong() -> None:
-    assert stream_chunk_setting(None) is None and stream_chunk_setting(" ") is None
-    assert stream_chunk_setting("0") == 0 and stream_chunk_setting("3") == 3
-    for bad in ("-1", "two", "1.5"):
-        with pytest.raises(ModelError, match=f"IDUNNO_STREAM_CHUNK must be .* got '{bad}'"):
-            stream_chunk_setting(bad)
-
-
-def test_a_streamed_run_hands_over_good_queries_by_sub_batch(
-    spawn: Spawn,
-    runner: asyncio.Runner,
-    model_files: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Sub-batches of 2 over the decodable items only: unreadable ones are answered (with
-    their error) in the reply, which holds every result in order, as a whole run would."""
-    monkeypatch.setenv("IDUNNO_STREAM_CHUNK", "2")
-    ex = spawn()
-    assert runner.run(ex.load("mlp", model_files["digits_mlp"], "digits")).stream_chunk == 2
-    digits = list(digit_items())[:6]
-    items = [
-        digits[0],
-        ("short", b"\x01"),
-        *digits[1:4],
-        ("bright", bytes([255] * 64)),
-        *digits[4:],
-    ]
-    parts: list[tuple[list[tuple[int, QueryResult]], float]] = []
-    batch = runner.run(ex.run("s", "mlp", items, 3, on_partial=lambda *a: parts.append(a)))
-    positions = [p for found, _ in parts for p, _ in found]
-    assert positions == [0, 2, 3, 4]  # (0, 2) and (3, 4); the last pair, (6, 7): the reply
-    assert all(per_query > 0 and len(found) == 2 for found, per_query in parts)
-    for found, _ in parts:
-        for position, result in found:
-            assert result == batch.results[position]
-    assert [r.ok for r in batch.results] == [True, False, True, True, True, False, True, True]
-    whole = runner.run(ex.run("w", "mlp", items, 3)).results  # no on_partial: not streamed
-    assert [r.class_ids for r in whole] == [r.class_ids for r in batch.results]
-
-
-def test_a_model_that_does_not_stream_sends_no_part(
-    spawn: Spawn,
-    runner: asyncio.Runner,
-    model_files: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("IDUNNO_STREAM_CHUNK", "0")
-    ex = spawn()
-    assert runner.run(ex.load("mlp", model_files["digits_mlp"], "digits")).stream_chunk is None
-    parts: list[Any] = []
-    batch = runner.run(ex.run("s", "mlp", list(digit_items())[:8], on_partial=parts.append))
-    assert parts == [] and all(r.ok for r in batch.results)
-    monkeypatch.setenv("IDUNNO_STREAM_CHUNK", "many")
-    other = spawn()
-    with pytest.raises(ModelError, match="IDUNNO_STREAM_CHUNK must be"):
-        runner.run(other.load("mlp", model_files["digits_mlp"], "digits"))

@@ -11,7 +11,6 @@ the tests that count the workers.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import subprocess
@@ -180,20 +179,10 @@ def train_everywhere(e: Env) -> None:
     raise AssertionError(f"could not train every model on every worker: {report}")
 
 
-@contextlib.contextmanager
-def streaming_cluster(directory: Path) -> Iterator[ProcCluster]:
-    """Every model streams its results in sub-batches of 3 (these tiny models would not by
-    measurement): the jobs below then check streamed results end to end, exactly once."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IDUNNO_STREAM_CHUNK", "3")
-        with ProcCluster(5, directory) as c:
-            yield c
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("jobs")
-    with streaming_cluster(root / "cluster") as c:
+    with ProcCluster(5, root / "cluster") as c:
         e = Env(c, root)
         try:
             write_folders(root)
@@ -378,11 +367,6 @@ def test_a_digits_job_matches_a_local_onnxruntime_run(
     per_batch = Counter(r["batch"] for r in results)
     assert per_batch[results[0]["batch"]] == 1 and results[0]["batch"] == min(per_batch)
     assert max(per_batch.values()) == 16
-    # Streamed in sub-batches of 3: a whole batch's results were accepted at 6 moments.
-    accepted = {}
-    for r in results:
-        accepted.setdefault(r["batch"], set()).add(r["accepted_at"])
-    assert max(len(times) for times in accepted.values()) == 6, accepted
     # The same model bytes and the same items, run here in one process.
     cat = Catalog(e.client())
     record = cat.model("digits_logreg")

@@ -15,9 +15,7 @@ class WorkerSim:
     """Workers that run batches one at a time, each query of model m costing cost[m] seconds
     (with seeded jitter of +-`jitter`); the scheduler refills a worker whenever a batch
     finishes. With a `lead`, a worker gets its queued batch only once its running batch is
-    within `lead` seconds of its end (late binding, as the coordinator does). A model in
-    `stream` has its results reported every `stream[model]` queries while its batch runs
-    (`Scheduler.progress`), as workers stream a model that splits cheaply."""
+    within `lead` seconds of its end (late binding, as the coordinator does)."""
 
     def __init__(
         self,
@@ -27,7 +25,6 @@ class WorkerSim:
         seed: int,
         jitter: float = 0.1,
         lead: float | None = None,
-        stream: dict[str, int] | None = None,
     ):
         self.s = sched
         self.workers = list(workers)
@@ -35,8 +32,6 @@ class WorkerSim:
         self.rng = random.Random(seed)
         self.jitter = jitter
         self.lead = lead
-        self.stream = stream or {}
-        self.parts: dict[int, tuple[int, ...]] = {}  # event order -> the queries it reports
         self.now = 0.0
         self.busy_until = dict.fromkeys(workers, 0.0)
         # (time, order, batch id): a batch finishes; batch id None: a worker's lead time
@@ -59,32 +54,21 @@ class WorkerSim:
             took = len(b.queries) * self.cost[b.model]
             took *= self.rng.uniform(1 - self.jitter, 1 + self.jitter)
             self.busy_until[b.worker] = start + took
-            chunk, n = self.stream.get(b.model), len(b.queries)
-            if chunk:  # every sub-batch but the last is reported as it ends
-                for end in range(chunk, n, chunk):
-                    self.push(start + took * end / n, b.id, b.queries[end - chunk : end])
             self.push(start + took, b.id)
             if self.lead is not None:
                 self.push(start + took - self.lead, None)
 
-    def push(self, t: float, batch_id: int | None, part: tuple[int, ...] = ()) -> None:
+    def push(self, t: float, batch_id: int | None) -> None:
         self.order += 1
-        if part:
-            self.parts[self.order] = part
         heapq.heappush(self.events, (t, self.order, batch_id))
 
     def run_until(self, t: float) -> None:
         self.dispatch()
         while self.events and self.events[0][0] <= t:
-            at, order, batch_id = heapq.heappop(self.events)
+            at, _, batch_id = heapq.heappop(self.events)
             self.now = max(self.now, at)
             batch = None if batch_id is None else self.s.batches.get(batch_id)
-            part = self.parts.pop(order, None)
             if batch is not None and batch.worker not in self.dead:
-                if part is not None:
-                    for q in self.s.progress(batch.id, part, self.now):
-                        self.answered.append((self.now, batch.job, q))
-                    continue
                 for q in self.s.complete(batch.id, batch.queries, self.now):
                     self.answered.append((self.now, batch.job, q))
             self.dispatch()
@@ -141,36 +125,6 @@ def test_late_binding_keeps_every_sliding_window_fairer(seed: int) -> None:
 
     early, late = worst(None), worst(0.1)
     assert late <= 1.05 < early, (late, early)
-
-
-def _late_bound_pair(seed: int, stream: dict[str, int] | None = None) -> WorkerSim:
-    s = Scheduler()
-    s.submit("resnet", "resnet18", range(100_000), batch_size=8, now=0)
-    s.submit("alex", "alexnet", range(100_000), batch_size=8, now=0)
-    costs = {"resnet18": 0.068, "alexnet": 0.039}
-    workers = [f"w{i}" for i in range(6)]
-    return WorkerSim(s, workers, costs, seed, jitter=0.3, lead=0.1, stream=stream)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_streamed_results_keep_every_sliding_window_fairer_and_answer_once(seed: int) -> None:
-    """A job's completions come in steps of a batch, and a 10 s window that cuts a few of one
-    job's steps and none of the other's strays several percent from equal. With ResNet18's
-    results streamed query by query (as its workers do: it splits for nearly free; AlexNet
-    does not) the steps of the costlier job vanish and every window stays closer to equal."""
-    batched, streamed = _late_bound_pair(seed), _late_bound_pair(seed, {"resnet18": 1})
-    for sim in (batched, streamed):
-        sim.run_until(70)
-    worst_batched = batched.worst_ratio("resnet", "alex", 10, 70)
-    worst_streamed = streamed.worst_ratio("resnet", "alex", 10, 70)
-    assert worst_streamed < worst_batched and worst_streamed <= 1.04, (
-        worst_streamed,
-        worst_batched,
-    )
-    answered = [(job, q) for _, job, q in streamed.answered]
-    assert len(answered) == len(set(answered))
-    for job in streamed.s.jobs.values():
-        assert len(job.done) == sum(1 for j, _ in answered if j == job.id)
 
 
 def test_weights_skew_the_rates() -> None:

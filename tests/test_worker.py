@@ -20,7 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 import msgpack
 import numpy as np
 import onnxruntime as ort
@@ -28,9 +27,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from idunno.control.coordinator import RUN_PATH
 from idunno.control.fence import Fence, StaleEpoch
-from idunno.control.rpc import Rpc
 from idunno.inference import catalog
 from idunno.inference.digits import digit_items
 from idunno.inference.worker import WorkerService, WorkerUnavailable
@@ -648,45 +645,3 @@ def test_http_routes_speak_msgpack_with_fitting_status_codes(
             assert st["models"][MODEL]["version"] == MODEL_V and st["fence"] == 2
 
     runner.run(exchange())
-
-
-@pytest.mark.process
-def test_a_streamed_run_sends_each_sub_batch_before_the_whole_reply(
-    make_worker: MakeWorker,
-    runner: asyncio.Runner,
-    shards: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With IDUNNO_STREAM_CHUNK=2 every model streams: a run asked to stream answers over HTTP
-    with the results of each sub-batch of 2 (but the last) as soon as it is done, then the
-    plain reply, which still holds every result; the parts match the reply exactly."""
-    monkeypatch.setenv("IDUNNO_STREAM_CHUNK", "2")
-    worker, _, _ = make_worker()
-    queries = [40, 3, 1796, 0, 77, 512, 9]
-
-    async def exchange() -> None:
-        app = web.Application()
-        add_routes(app, worker)
-        async with TestServer(app) as server, aiohttp.ClientSession() as session:
-            rpc, addr = Rpc(session, b"k" * 32), f"{server.host}:{server.port}"
-            parts: list[Any] = []
-            reply = await rpc.call(
-                addr, RUN_PATH, run_request(queries, shards, stream=True), 20, parts.append
-            )
-            streamed = [r for part in parts for r in part["results"]]
-            assert [r["q"] for r in streamed] == queries[:6]  # 3 parts of 2; the 7th: the reply
-            assert all(part["per_query_s"] > 0 for part in parts) and len(parts) == 3
-            assert [r["q"] for r in reply["results"]] == queries
-            assert streamed == reply["results"][:6]
-            # Not asked to stream: the plain reply, with the same results.
-            # Not asked to stream: the plain reply, with the same answers (the scores to float
-            # rounding: ONNX Runtime sums in another order for another batch size).
-            plain: list[Any] = []
-            again = await rpc.call(addr, RUN_PATH, run_request(queries, shards), 20, plain.append)
-            assert plain == []
-            for whole, part in zip(again["results"], reply["results"], strict=True):
-                assert (whole["q"], whole["class_ids"]) == (part["q"], part["class_ids"])
-                np.testing.assert_allclose(whole["scores"], part["scores"], rtol=1e-5)
-
-    runner.run(exchange())
-    assert worker.status()["models"][MODEL]["stream_chunk"] == 2

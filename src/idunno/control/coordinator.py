@@ -96,7 +96,6 @@ class Coordinator:
         self.pacing = Pacing()  # when a worker gets its queued batch (late binding)
         self._wakeups: dict[str, asyncio.TimerHandle] = {}  # worker -> pump() when it is due
         self._alongside: set[int] = set()  # urgent batches running next to a worker's batch
-        self._streamed: dict[int, set[int]] = {}  # batch -> queries its worker streamed so far
         self._names = 0
         self.started_at = time.time()
 
@@ -508,15 +507,8 @@ class Coordinator:
                     "queries": list(batch.queries),
                     "top_k": TOP_K,
                     "urgent": urgent,
-                    "stream": True,
                 }
-                reply = await self.rpc.call(
-                    addr,
-                    RUN_PATH,
-                    request,
-                    RUN_TIMEOUT_S,
-                    lambda part: self._accept_partial(batch, part),
-                )
+                reply = await self.rpc.call(addr, RUN_PATH, request, RUN_TIMEOUT_S)
         except RpcError as exc:
             self._running.pop(batch.id, None)
             if exc.status == 409:
@@ -547,7 +539,6 @@ class Coordinator:
     async def _requeue(self, batch: Batch, exc: RpcError) -> None:
         self.pacing.forget(batch.worker)
         self._alongside.discard(batch.id)
-        self._streamed.pop(batch.id, None)
         if exc.unreachable:
             self._excluded[batch.worker] = time.monotonic() + EXCLUDE_S
         if exc.status == 503 and NO_INFERENCE in str(exc):
@@ -568,9 +559,10 @@ class Coordinator:
         await self.commit([{"op": "requeue", "batch": batch.id}])
         self.pump()
 
-    def _result_rows(self, batch: Batch, reply: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    async def _accept(self, batch: Batch, spec: JobSpec, reply: dict[str, Any]) -> None:
         per_query_ms = float(reply.get("per_query_s", 0.0)) * 1000
-        return [
+        now = time.time()
+        results = [
             {
                 "q": int(r["q"]),
                 "id": r["id"],
@@ -586,26 +578,6 @@ class Coordinator:
             }
             for r in reply.get("results", [])
         ]
-
-    def _accept_partial(self, batch: Batch, part: Any) -> None:
-        """Results of a batch still running (its worker streams a model that splits cheaply,
-        see _executor_main.measure_stream_chunk): accepted at once, so a job's answers follow
-        its worker time query by query rather than in steps of a batch, and the jobs' rates
-        over short windows stay closer to equal (docs/control-plane.md, "Streamed results")."""
-        if self.stopped or self.deposed or batch.id not in self.state.scheduler.batches:
-            return
-        now = time.time()
-        results = self._result_rows(batch, part if isinstance(part, dict) else {}, now)
-        op = {"op": "partial", "batch": batch.id, "job": batch.job, "results": results, "t": now}
-        self.state.apply(op)  # nobody waits for it: no need to wait for the standby either
-        self.mirror.send(self.state.applied - 1, [op])
-        self._streamed.setdefault(batch.id, set()).update(r["q"] for r in results)
-
-    async def _accept(self, batch: Batch, spec: JobSpec, reply: dict[str, Any]) -> None:
-        now = time.time()
-        streamed = self._streamed.pop(batch.id, set())
-        # The reply repeats the streamed results: each is recorded once (C5's busy time too).
-        results = [r for r in self._result_rows(batch, reply, now) if r["q"] not in streamed]
         op = {"op": "complete", "batch": batch.id, "job": batch.job, "results": results, "t": now}
         await self.commit([op])
         if self.on_batch_done is not None:
@@ -640,8 +612,6 @@ class Coordinator:
         self.ready.pop(worker, None)
         self.pacing.forget(worker)
         self._alongside.difference_update(b.id for b in held)
-        for b in held:
-            self._streamed.pop(b.id, None)
         if not held:
             return
         for b in held:

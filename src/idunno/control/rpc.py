@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -13,7 +12,6 @@ import msgpack
 from idunno.transport import tokens
 
 MSGPACK = "application/msgpack"
-MSGPACK_SEQ = "application/x-msgpack-seq"  # a streamed answer (see worker_api)
 
 
 class RpcError(Exception):
@@ -48,29 +46,15 @@ class Rpc:
             "Content-Type": MSGPACK,
         }
 
-    async def call(
-        self,
-        addr: str,
-        path: str,
-        body: Any,
-        timeout: float,
-        on_partial: Callable[[Any], None] | None = None,
-    ) -> Any:
-        """POST `body` to a node's internal route; its decoded answer, or RpcError. A streamed
-        answer's partial parts go to `on_partial` as they come (see worker_api)."""
-        return await self._request("POST", addr, path, pack(body), timeout, on_partial)
+    async def call(self, addr: str, path: str, body: Any, timeout: float) -> Any:
+        """POST `body` to a node's internal route; its decoded answer, or RpcError."""
+        return await self._request("POST", addr, path, pack(body), timeout)
 
     async def get(self, addr: str, path: str, timeout: float) -> Any:
         return await self._request("GET", addr, path, None, timeout)
 
     async def _request(
-        self,
-        method: str,
-        addr: str,
-        path: str,
-        data: bytes | None,
-        timeout: float,
-        on_partial: Callable[[Any], None] | None = None,
+        self, method: str, addr: str, path: str, data: bytes | None, timeout: float
     ) -> Any:
         url = f"http://{addr}{path}"
         try:
@@ -81,8 +65,6 @@ class Rpc:
                 headers=self.headers(),
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as r:
-                if r.status == 200 and r.content_type == MSGPACK_SEQ:
-                    return await _streamed(addr, r, on_partial)
                 data = await r.read()
                 if r.status != 200:
                     raise RpcError(f"{addr}: {_error_text(data, r.status)}", r.status)
@@ -91,30 +73,6 @@ class Rpc:
             raise RpcError(f"{addr} unreachable: {type(exc).__name__}: {exc}"[:300]) from None
         except TimeoutError:
             raise RpcError(f"{addr} did not answer within {timeout:g} s") from None
-
-
-async def _streamed(
-    addr: str, r: aiohttp.ClientResponse, on_partial: Callable[[Any], None] | None
-) -> Any:
-    """Read {"partial": ...} maps until the closing {"status", "reply"} (see worker_api)."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    async for data in r.content.iter_any():
-        unpacker.feed(data)
-        for obj in unpacker:
-            if not isinstance(obj, dict):
-                raise RpcError(f"{addr}: a streamed answer holds a {type(obj).__name__}")
-            if "partial" in obj:
-                if on_partial is not None:
-                    on_partial(obj["partial"])
-                continue
-            status, reply = obj.get("status"), obj.get("reply")
-            if status != 200:
-                status = status if isinstance(status, int) else 500
-                error = reply.get("error") if isinstance(reply, dict) else None
-                raise RpcError(f"{addr}: {error or f'HTTP {status}'}", status)
-            return reply
-    # The connection ended before the closing part: the peer died mid-answer.
-    raise RpcError(f"{addr} unreachable: its answer stopped before the end")
 
 
 def _error_text(data: bytes, status: int) -> str:

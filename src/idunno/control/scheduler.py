@@ -258,28 +258,10 @@ class Scheduler:
         # Queries of the batch without an answer go back to the queue.
         missing = [q for q in batch.queries if q not in job.done]
         job.pending.extendleft(reversed(missing))
-        self._finish_if_done(job, now)
-        return accepted
-
-    def progress(self, batch_id: int, answered: Iterable[int], now: float) -> list[int]:
-        """Record results for part of a batch still running (its worker streams them); returns
-        the query ids accepted. The batch stays out until `complete` (or a requeue, which then
-        puts back only the queries still unanswered)."""
-        batch = self.batches.get(batch_id)
-        job = None if batch is None else self.jobs.get(batch.job)
-        if batch is None or job is None or job.status == JobStatus.CANCELLED:
-            return []
-        allowed = set(batch.queries)
-        accepted = [q for q in answered if q in allowed and q not in job.done]
-        job.done.update(accepted)
-        self._finish_if_done(job, now)
-        return accepted
-
-    @staticmethod
-    def _finish_if_done(job: Job, now: float) -> None:
         if job.remaining == 0 and job.status == JobStatus.RUNNING:
             job.status = JobStatus.DONE
             job.finished_at = now
+        return accepted
 
     def accept_late(self, job_id: str, answered: Iterable[int], now: float) -> list[int]:
         """Results for queries of a batch that is no longer tracked (requeued after a worker
@@ -292,7 +274,9 @@ class Scheduler:
         if accepted:  # answered now: not to be dispatched again (same on coordinator and standby)
             answered_now = set(accepted)
             job.pending = deque(q for q in job.pending if q not in answered_now)
-        self._finish_if_done(job, now)
+        if job.remaining == 0 and job.status == JobStatus.RUNNING:
+            job.status = JobStatus.DONE
+            job.finished_at = now
         return accepted
 
     def requeue(self, batch_id: int) -> Batch | None:

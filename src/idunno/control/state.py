@@ -9,8 +9,6 @@ Ops:
     {"op": "submit", "spec": JobSpec.to_json(), "t": now}
     {"op": "dispatch", "batch": id, "job": id, "worker": name, "queries": [index...], "t": now}
     {"op": "complete", "batch": id, "job": id, "results": [result...], "t": now}
-    {"op": "partial", "batch": id, "job": id, "results": [result...], "t": now}
-                                        results of a batch still running (streamed by its worker)
     {"op": "requeue", "batch": id}
     {"op": "batch_size", "job": id, "n": n}
     {"op": "cancel", "job": id, "t": now}
@@ -109,8 +107,7 @@ class ControlState:
     # --- applying ops -----------------------------------------------------------------------
 
     def apply(self, op: Mapping[str, Any]) -> list[int]:
-        """Apply one op; returns the query indices accepted by a "complete" or "partial" op
-        (else [])."""
+        """Apply one op; returns the query indices accepted by a "complete" op (else [])."""
         kind = op["op"]
         accepted: list[int] = []
         if kind == "submit":
@@ -126,8 +123,8 @@ class ControlState:
                     float(op["t"]),
                 )
             )
-        elif kind in ("complete", "partial"):
-            accepted = self._results(op, final=kind == "complete")
+        elif kind == "complete":
+            accepted = self._complete(op)
         elif kind == "requeue":
             self.scheduler.requeue(int(op["batch"]))
         elif kind == "batch_size":
@@ -171,13 +168,12 @@ class ControlState:
         )
         self.books[spec.id] = JobBook(spec)
 
-    def _results(self, op: Mapping[str, Any], final: bool) -> list[int]:
+    def _complete(self, op: Mapping[str, Any]) -> list[int]:
         job_id = str(op["job"])
         now = float(op["t"])
         results = {int(r["q"]): r for r in op["results"]}
         if int(op["batch"]) in self.scheduler.batches:
-            record = self.scheduler.complete if final else self.scheduler.progress
-            accepted = record(int(op["batch"]), results, now)
+            accepted = self.scheduler.complete(int(op["batch"]), results, now)
         else:  # requeued meanwhile (worker presumed dead): keep answers nobody gave yet
             accepted = self.scheduler.accept_late(job_id, results, now)
         book = self.books.get(job_id)

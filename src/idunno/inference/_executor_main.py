@@ -51,12 +51,6 @@ PROBE_BATCH: Final = 8  # the batch size the cost per query is measured at (dyna
 MEASURE_BUDGET_S: Final = 0.25  # timed runs continue until this much time has passed ...
 MIN_PROBE_RUNS: Final = 2
 MAX_PROBE_RUNS: Final = 200  # ... or this many runs (tiny models)
-# Sub-batch sizes tried for streaming a batch's results (smallest first), and how much dearer
-# per query a sub-batch may be than a whole probe batch to be used (see measure_stream_chunk).
-STREAM_CHUNKS: Final = (1, 2, 4)
-STREAM_OVERHEAD: Final = 0.05
-STREAM_ROUNDS: Final = 2
-STREAM_CHUNK_ENV: Final = "IDUNNO_STREAM_CHUNK"
 # What each preprocessing feeds the model per query; "none" feeds the model's own sample shape.
 SAMPLE_SHAPES: Final[dict[str, tuple[int, ...]]] = {"imagenet": (3, 224, 224), "digits": (64,)}
 MAX_MESSAGE: Final = 300  # characters of an error message (one line)
@@ -92,7 +86,6 @@ class ModelSlot:
     output_name: str
     scores: ScoreKind
     report: LoadReport | None = None
-    stream_chunk: int | None = None
 
 
 def _session_options(threads: int) -> Any:
@@ -235,59 +228,6 @@ def measure_cost(slot: ModelSlot) -> tuple[float, int]:
             return elapsed / (runs * count), count
 
 
-def stream_chunk_setting(raw: str | None) -> int | None:
-    """IDUNNO_STREAM_CHUNK: stream every model in sub-batches of this many queries (0: never
-    stream), whatever the measurement says; unset or empty: measured per model."""
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ModelError(f"{STREAM_CHUNK_ENV} must be a whole number >= 0, got {raw!r}")
-    return value
-
-
-def measure_stream_chunk(slot: ModelSlot) -> int | None:
-    """The smallest sub-batch (of STREAM_CHUNKS) whose cost per query is within STREAM_OVERHEAD
-    of a whole probe batch's, or None. A run asked to stream sends each sub-batch's results as
-    soon as it has them, so a job's answers arrive query by query instead of a batch at once.
-
-    A run of b queries costs about o + b*c (o: what every run pays, such as reading all the
-    weights once); timing whole probe batches and single queries gives o and c, hence the
-    cost of any sub-batch size. Compute-bound models (ResNet18: o ~ 4% of a query here) stream
-    query by query for nearly free; models whose runs are dominated by o (AlexNet's dense
-    layers, o ~ one query's worth; tiny models, all call overhead) do not stream. Whole and
-    single runs alternate so that other processes on the cores slow both alike."""
-    forced = stream_chunk_setting(os.environ.get(STREAM_CHUNK_ENV))
-    if slot.fixed_batch is not None or forced == 0:
-        return None
-    if forced is not None:
-        return forced
-    batch = probe_batch(slot, PROBE_BATCH)
-    whole = single = 0.0
-    for _ in range(STREAM_ROUNDS):
-        started = time.perf_counter()
-        forward(slot, batch)
-        middle = time.perf_counter()
-        for row in range(PROBE_BATCH):
-            forward(slot, batch[row : row + 1])
-        whole, single = whole + middle - started, single + time.perf_counter() - middle
-    runs = STREAM_ROUNDS * PROBE_BATCH  # queries timed each way
-    return stream_chunk_for(whole / runs, single / runs)
-
-
-def stream_chunk_for(per_query: float, per_run: float, batch: int = PROBE_BATCH) -> int | None:
-    """The smallest of STREAM_CHUNKS costing at most STREAM_OVERHEAD more per query, from the
-    seconds per query of whole runs of `batch` (o/batch + c) and of single-query runs (o + c)."""
-    overhead = max(0.0, per_run - per_query) * batch / (batch - 1)  # o
-    for chunk in STREAM_CHUNKS:
-        if overhead / chunk + per_run - overhead <= per_query * (1 + STREAM_OVERHEAD):
-            return chunk
-    return None
-
-
 def load_model(name: str, path: str, preprocess: Preprocess, threads: int) -> ModelSlot:
     started = time.perf_counter()
     session = open_session(name, path, threads)
@@ -299,12 +239,6 @@ def load_model(name: str, path: str, preprocess: Preprocess, threads: int) -> Mo
         cost, count = measure_cost(slot)
     except Exception as exc:  # a graph ORT accepts may still fail when it runs
         raise ModelError(f"model {name!r} fails on a {preprocess} batch: {one_line(exc)}") from None
-    try:
-        chunk = measure_stream_chunk(slot)
-    except ModelError:
-        raise
-    except Exception:  # runs of one query fail (a graph that needs more): it does not stream
-        chunk = None
     report = LoadReport(
         model=name,
         preprocess=preprocess,
@@ -318,9 +252,8 @@ def load_model(name: str, path: str, preprocess: Preprocess, threads: int) -> Mo
         num_classes=classes,
         open_s=open_s,
         threads=threads,
-        stream_chunk=chunk,
     )
-    return dataclasses.replace(slot, report=report, stream_chunk=chunk)
+    return dataclasses.replace(slot, report=report)
 
 
 # --- decoding and results ---------------------------------------------------------------------
@@ -514,7 +447,7 @@ class Child:
         infer_started, clock = time.monotonic(), time.perf_counter()
         slot, items = decoded.slot, request["items"]
         try:
-            output = self.forward_streaming(request, decoded)
+            output = forward(slot, decoded.batch)
         except Exception as exc:
             raise ModelError(
                 f"model {slot.name!r} failed on batch {request['batch']!r}: {one_line(exc)}"
@@ -535,34 +468,6 @@ class Child:
             infer_started=infer_started,
             finished=time.monotonic(),
         )
-
-    def forward_streaming(self, request: dict[str, Any], decoded: Decoded) -> Array:
-        """The batch's output; a run asked to `stream` sends the results of every sub-batch
-        but the last as soon as it has them (frames {"id", "partial": [(position, result)],
-        "per_query_s"}); the reply still holds every result."""
-        slot, rows = decoded.slot, len(decoded.batch)
-        chunk = slot.stream_chunk if request.get("stream") else None
-        if chunk is None or chunk >= rows:
-            return forward(slot, decoded.batch)
-        items, parts = request["items"], []
-        decode_share = decoded.seconds / max(1, len(items))
-        for start in range(0, rows, chunk):
-            clock = time.perf_counter()
-            part = forward(slot, decoded.batch[start : start + chunk])
-            parts.append(part)
-            if start + chunk < rows:
-                positions = decoded.good[start : start + chunk]
-                ids = [items[p][0] for p in positions]
-                found = answers(part, ids, slot.scores, request["top_k"])
-                took = (time.perf_counter() - clock) / len(positions)
-                self.channel.send(
-                    {
-                        "id": request["id"],
-                        "partial": list(zip(positions, found, strict=True)),
-                        "per_query_s": decode_share + took,
-                    }
-                )
-        return np.concatenate(parts)
 
     def _reply_when_done(
         self, call_id: int, future: Future[Any], convert: Callable[[Any], Any] = lambda r: r

@@ -33,7 +33,7 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -80,8 +80,6 @@ class LoadReport:
     num_classes: int | None  # None: not a classifier ("raw") or not known before a run
     open_s: float  # opening the session (reading and optimizing the graph)
     threads: int
-    # Results of a streamed run come back in sub-batches of this many queries (None: whole).
-    stream_chunk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +116,6 @@ class BatchResult:
     def per_query_s(self) -> float:
         """Processing time per query (decode + inference, shared equally)."""
         return (self.decode_s + self.infer_s) / max(1, len(self.results))
-
-
-# A run's streamed results: (position in the batch, result) pairs, and their seconds per query.
-OnPartial = Callable[[list[tuple[int, QueryResult]], float], None]
 
 
 # --- framing (shared with the child) ---------------------------------------------------------
@@ -184,7 +178,6 @@ class Executor:
         self._slots = asyncio.Semaphore(max_inflight)
         self._ids = itertools.count(1)  # 0 is the child's hello
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._partials: dict[int, OnPartial] = {}  # call id -> who takes its streamed results
         self._hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[0] = self._hello
         self._closing = False
@@ -280,16 +273,12 @@ class Executor:
         items: Sequence[tuple[str, bytes]],
         top_k: int = 5,
         urgent: bool = False,
-        on_partial: OnPartial | None = None,
     ) -> BatchResult:
         """Decode and run `items` ((query id, raw bytes) pairs) on a loaded model. Waits while
         `max_inflight` batches are already in the child. Raises ModelError if the model is not
         loaded or fails on the batch, ExecutorError if the child dies. An `urgent` batch (a new
         job's first: its first result) waits for nothing: the child runs it at once, alongside
-        the batch running, at a higher CPU priority. With `on_partial`, a model that streams
-        (LoadReport.stream_chunk) hands it each sub-batch's results as soon as they are known:
-        (position in `items`, result) pairs and their seconds per query; the returned
-        BatchResult still holds every result."""
+        the batch running, at a higher CPU priority."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         request = {
@@ -299,36 +288,31 @@ class Executor:
             "items": [(str(q), bytes(data)) for q, data in items],
             "top_k": top_k,
             "urgent": urgent,
-            "stream": on_partial is not None,
         }
         if urgent:  # skips the queue here and in the child
             async with self._priority.urgent():
-                urgent_result: BatchResult = await self._call(request, on_partial)
+                urgent_result: BatchResult = await self._call(request)
             return urgent_result
         async with self._slots:
-            result: BatchResult = await self._call(request, on_partial)
+            result: BatchResult = await self._call(request)
         return result
 
-    async def _call(self, request: dict[str, Any], on_partial: OnPartial | None = None) -> Any:
+    async def _call(self, request: dict[str, Any]) -> Any:
         self._check_alive()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Registered before any await, so a child death seen by the reader fails this call too.
         self._pending[call_id] = future
-        if on_partial is not None:
-            self._partials[call_id] = on_partial
         try:
             self._stdin.write(encode_frame({**request, "id": call_id}))
             await self._stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             self._pending.pop(call_id, None)
-            self._partials.pop(call_id, None)
             raise ExecutorError(self._death or f"executor pipe closed ({exc})") from None
         try:
             return await future
         finally:
             self._pending.pop(call_id, None)  # also on cancellation: a late reply is dropped
-            self._partials.pop(call_id, None)
 
     # -- replies -------------------------------------------------------------------------------
 
@@ -355,11 +339,6 @@ class Executor:
         self._fail_pending()
 
     def _dispatch(self, reply: dict[str, Any]) -> None:
-        if "partial" in reply:  # a streamed sub-batch: the call goes on
-            on_partial = self._partials.get(reply["id"])
-            if on_partial is not None:
-                on_partial(reply["partial"], float(reply["per_query_s"]))
-            return
         future = self._pending.pop(reply["id"], None)
         if future is None or future.done():
             return  # the caller gave up (cancelled) before the reply came

@@ -53,8 +53,6 @@ ReadFile = Callable[[str, int | None], Awaitable[tuple[Any, bytes]]]
 # (name, version, destination): the file copied there chunk by chunk (models: hundreds of MB)
 FetchFile = Callable[[str, int | None, Path], Awaitable[Any]]
 LogFn = Callable[..., None]
-# A streamed sub-batch of a run: {"results": [result...], "per_query_s": float}
-PartialReply = dict[str, Any]
 
 MAX_TOP_K: Final = 1000
 RUN_MEMORY_S: Final = 60.0
@@ -194,7 +192,6 @@ def _report(version: int, r: LoadReport) -> dict[str, Any]:
         "num_classes": r.num_classes,
         "open_s": r.open_s,
         "threads": r.threads,
-        "stream_chunk": r.stream_chunk,
     }
 
 
@@ -487,12 +484,8 @@ class WorkerService:
         by_shard = dict(zip(needed, fetched, strict=True))
         return [(q, by_shard[s.name][q - s.first]) for q, s in queries]
 
-    async def run(
-        self, request: dict[str, Any], on_partial: Callable[[PartialReply], None] | None = None
-    ) -> dict[str, Any]:
-        """Run one batch; see the module docstring and docs/control-plane.md for the reply.
-        With `on_partial`, a model that streams (see _executor_main.measure_stream_chunk) hands
-        it the results of each sub-batch before the reply ({"results", "per_query_s"})."""
+    async def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one batch; see the module docstring and docs/control-plane.md for the reply."""
         started = time.time()
         self._check_enabled()
         req = _map(request, "request")
@@ -512,7 +505,7 @@ class WorkerService:
         if not isinstance(urgent, bool):
             raise ValueError("request: 'urgent' must be true or false")
         task = asyncio.ensure_future(
-            self._run(started, epoch, batch, spec, dataset, top_k, queries, urgent, on_partial)
+            self._run(started, epoch, batch, spec, dataset, top_k, queries, urgent)
         )
         self._remember(batch, job, task)
         return await asyncio.shield(task)
@@ -556,16 +549,7 @@ class WorkerService:
         top_k: int,
         queries: list[tuple[int, _ShardSpec]],
         urgent: bool = False,
-        on_partial: Callable[[PartialReply], None] | None = None,
     ) -> dict[str, Any]:
-        streamed = None
-        if on_partial is not None:
-            report = on_partial
-
-            def streamed(found: list[tuple[int, QueryResult]], per_query_s: float) -> None:
-                results = [_result(queries[p][0], r) for p, r in found]
-                report({"results": results, "per_query_s": per_query_s})
-
         self._running += 1
         try:
             # A batch runs on the executor current at its arrival; if that one dies first, the
@@ -575,7 +559,7 @@ class WorkerService:
             try:
                 await self._ensure_model(ex, spec)
                 result = await ex.run(
-                    str(batch), _session_key(spec), [i for _, i in items], top_k, urgent, streamed
+                    str(batch), _session_key(spec), [i for _, i in items], top_k, urgent
                 )
             except ExecutorError as exc:
                 raise await self._replace(ex, exc) from None
@@ -624,11 +608,7 @@ class WorkerService:
             "threads": self.threads,
             "enabled": self.enabled,
             "models": {
-                name: {
-                    "version": m.version,
-                    "cost_per_query_s": m.report["cost_per_query_s"],
-                    "stream_chunk": m.report["stream_chunk"],
-                }
+                name: {"version": m.version, "cost_per_query_s": m.report["cost_per_query_s"]}
                 for name, m in sorted(self._loaded.items())
             },
             "running": self._running,

@@ -573,3 +573,45 @@ def test_the_executor_has_a_scheduling_group_of_its_own_at_background(executor: 
     group = Path(autogroup_path(executor.pid))
     if group.exists():
         assert group.read_text().split()[-1] == str(BACKGROUND)
+
+
+def test_a_reload_with_earlier_measurements_skips_measuring(
+    spawn: Spawn, runner: asyncio.Runner, model_files: dict[str, Path]
+) -> None:
+    """What a restarted executor does with its predecessor's report: the cost is kept (not
+    measured again on busy cores), and the model runs as before."""
+    ex = spawn()
+    first = runner.run(ex.load("mlp", model_files["digits_mlp"], "digits"))
+    again = runner.run(ex.load("mlp2", model_files["digits_mlp"], "digits", measured=first))
+    assert (again.cost_per_query_s, again.probe_batch) == (first.cost_per_query_s, 8)
+    items = list(digit_items())[:5]
+    runs = [runner.run(ex.run("b", name, items)).results for name in ("mlp", "mlp2")]
+    assert runs[0] == runs[1] and all(r.ok for r in runs[1])
+
+
+def test_a_process_can_put_itself_in_the_background_before_its_imports() -> None:
+    """The executor's first step (before NumPy and ONNX Runtime load): its own nice and, in a
+    session of its own, its scheduling group's."""
+    from idunno.inference.cpu_priority import BACKGROUND
+
+    code = (
+        "import os\n"
+        "from idunno.inference.cpu_priority import enter_background\n"
+        "before = os.nice(0)\n"
+        "enter_background(5, 10)\n"
+        "group = open('/proc/self/autogroup').read().split()[-1] "
+        "if os.path.exists('/proc/self/autogroup') else 'none'\n"
+        "print(os.nice(0) - before, group)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+    assert out.returncode == 0, out.stderr
+    niced, group = out.stdout.split()
+    assert int(niced) == 5
+    assert group in (str(BACKGROUND), "none")

@@ -447,10 +447,12 @@ def test_shard_problems_are_one_line_errors_naming_the_shard(
 
 @pytest.mark.process
 def test_executor_death_fails_its_batches_and_a_fresh_one_takes_over(
-    make_worker: MakeWorker, runner: asyncio.Runner, shards: list[dict[str, Any]]
+    make_worker: MakeWorker, runner: asyncio.Runner, shards: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     worker, store, events = make_worker(cache_bytes=0)
     runner.run(worker.load(1, [model_spec()]))
+    cost = worker.status()["models"][MODEL]["cost_per_query_s"]
+    cached = tmp_path / "cache0" / "models" / f"{MODEL}-v{MODEL_V}.onnx"
     first_pid = worker.status()["executor_pid"]
     assert isinstance(first_pid, int)
     shard0 = catalog.shard_file(DATASET, shards[0]["name"])
@@ -475,18 +477,22 @@ def test_executor_death_fails_its_batches_and_a_fresh_one_takes_over(
     assert second_pid not in (None, first_pid)
     assert status["running"] == 0
 
-    # The fresh executor loads the dead one's model again by itself, before any batch asks.
+    # The fresh executor loads the dead one's model again by itself, before any batch asks:
+    # from the file already in the cache, keeping the cost measured the first time.
     runner.run(wait_until(lambda: MODEL in worker.status()["models"], "the model reloaded"))
     assert worker.status()["models"][MODEL]["version"] == MODEL_V
-    assert store.count(catalog.model_file(MODEL)) == 2
+    assert worker.status()["models"][MODEL]["cost_per_query_s"] == cost
+    assert store.count(catalog.model_file(MODEL)) == 1
     reply = runner.run(worker.run(run_request([4, 5], shards)))
     assert [(r["id"], r["error"], len(r["class_ids"])) for r in reply["results"]] == [
         ("4", None, 3),
         ("5", None, 3),
     ]
-    assert store.count(catalog.model_file(MODEL)) == 2  # the batch found it loaded
+    assert store.count(catalog.model_file(MODEL)) == 1  # the batch found it loaded
 
-    # A death while idle fails the next batch; the one after runs.
+    # A death while idle fails the next batch; the one after runs. The cached file was
+    # damaged meanwhile: the reload fetches it from the store again and measures it anew.
+    cached.write_bytes(b"not a model any more")
     os.kill(second_pid, signal.SIGKILL)
     with pytest.raises(WorkerUnavailable, match="SIGKILL"):
         runner.run(worker.run(run_request([6], shards)))
@@ -494,6 +500,8 @@ def test_executor_death_fails_its_batches_and_a_fresh_one_takes_over(
     assert events.count("executor_restarted") == 2
     reply = runner.run(worker.run(run_request([6], shards)))
     assert reply["results"][0]["error"] is None
+    assert store.count(catalog.model_file(MODEL)) == 2
+    assert cached.read_bytes() == store.files[catalog.model_file(MODEL), MODEL_V]
     assert worker.status()["executor_pid"] not in (None, first_pid, second_pid)
 
 

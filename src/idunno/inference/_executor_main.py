@@ -14,7 +14,6 @@ Replies go to the parent's pipe in completion order, tagged with the request id.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pickle
@@ -29,11 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
-import numpy as np
-import onnxruntime as ort
-
-from idunno.inference.cpu_priority import lower_thread_priority
-from idunno.inference.digits import decode_digit
+from idunno.inference.cpu_priority import BACKGROUND, enter_background, lower_thread_priority
 from idunno.inference.executor import (
     HEADER_SIZE,
     BatchResult,
@@ -45,7 +40,22 @@ from idunno.inference.executor import (
     encode_frame,
     frame_length,
 )
-from idunno.inference.images import decode_imagenet
+
+NICENESS: Final = 5  # the whole process, below the node (see main)
+if __name__ == "__main__":
+    # Into the background before the imports below (NumPy, ONNX Runtime, Pillow: about a
+    # second of CPU): a fresh session's scheduling group weighs like the node's until lowered,
+    # and an executor restarted while the others work took most of a core from them.
+    enter_background(NICENESS, BACKGROUND)
+
+# isort: off
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from idunno.inference.digits import decode_digit  # noqa: E402
+from idunno.inference.images import decode_imagenet  # noqa: E402
+
+# isort: on
 
 PROBE_BATCH: Final = 8  # the batch size the cost per query is measured at (dynamic models)
 MEASURE_BUDGET_S: Final = 0.25  # timed runs continue until this much time has passed ...
@@ -54,7 +64,6 @@ MAX_PROBE_RUNS: Final = 200  # ... or this many runs (tiny models)
 # What each preprocessing feeds the model per query; "none" feeds the model's own sample shape.
 SAMPLE_SHAPES: Final[dict[str, tuple[int, ...]]] = {"imagenet": (3, 224, 224), "digits": (64,)}
 MAX_MESSAGE: Final = 300  # characters of an error message (one line)
-NICENESS: Final = 5  # the whole process, below the node (see main)
 # Added to NICENESS for the threads running ordinary batches (nice 15): CFS weights nice 5 to
 # nice 15 about 9 to 1, so an urgent run next to them gets ~90% of a shared core.
 BACKGROUND_NICE: Final = 10
@@ -228,7 +237,16 @@ def measure_cost(slot: ModelSlot) -> tuple[float, int]:
             return elapsed / (runs * count), count
 
 
-def load_model(name: str, path: str, preprocess: Preprocess, threads: int) -> ModelSlot:
+def load_model(
+    name: str,
+    path: str,
+    preprocess: Preprocess,
+    threads: int,
+    measured: tuple[float, int] | None = None,
+) -> ModelSlot:
+    """Open, check, warm up and measure a model. `measured` = (cost per query, probe batch)
+    of an earlier load of the same file (by an executor that died): one warm-up run instead
+    of the measurement, so a restart on busy cores takes less from the other executors."""
     started = time.perf_counter()
     session = open_session(name, path, threads)
     open_s = time.perf_counter() - started
@@ -236,7 +254,11 @@ def load_model(name: str, path: str, preprocess: Preprocess, threads: int) -> Mo
     output_name, scores, classes = pick_output(session)
     slot = ModelSlot(name, preprocess, session, input_name, sample, dims[0], output_name, scores)
     try:
-        cost, count = measure_cost(slot)
+        if measured is None:
+            cost, count = measure_cost(slot)
+        else:
+            cost, count = measured
+            forward(slot, probe_batch(slot, count))  # the first run allocates: not in a batch
     except Exception as exc:  # a graph ORT accepts may still fail when it runs
         raise ModelError(f"model {name!r} fails on a {preprocess} batch: {one_line(exc)}") from None
     report = LoadReport(
@@ -407,7 +429,12 @@ class Child:
         call_id, op = request["id"], request.get("op")
         if op == "load":
             loading = self.inferrer.submit(
-                load_model, request["model"], request["path"], request["prep"], self.threads
+                load_model,
+                request["model"],
+                request["path"],
+                request["prep"],
+                self.threads,
+                request.get("measured"),
             )
             self.models[request["model"]] = loading
             self._reply_when_done(call_id, loading, lambda slot: slot.report)
@@ -503,11 +530,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Ctrl-C in a terminal signals the node's whole process group; the node decides when its
     # executor stops (by closing our stdin), so a half-finished shutdown leaves no traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Below the node in CPU priority: when cores are short (six nodes loading AlexNet on two
-    # cores), the node's failure detector and HTTP server run first, so inference load never
-    # makes a live node look dead. With idle cores it changes nothing.
-    with contextlib.suppress(OSError):
-        os.nice(NICENESS)
+    # The process runs NICENESS below the node (done at import, see the top): when cores are
+    # short (six nodes loading AlexNet on two cores), the node's failure detector and HTTP
+    # server run first, so inference load never makes a live node look dead. With idle cores it
+    # changes nothing.
     inp, out = _claim_stdio()
     ort.set_default_logger_severity(3)
     child = Child(threads, Channel(out))

@@ -43,6 +43,25 @@ def lower_thread_priority(step: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + step)
 
 
+def enter_background(process_nice: int, group_nice: int, wait_s: float = 0.25) -> None:
+    """Lower the calling process (`process_nice` more) and its session's scheduling group (to
+    `group_nice`) at once, best effort: for a process that starts in a session of its own,
+    whose fresh group would otherwise weigh like a nice-0 one until its parent lowers it."""
+    with contextlib.suppress(OSError):
+        os.nice(process_nice)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            write_group_nice(autogroup_path(os.getpid()), group_nice)
+            return
+        except BlockingIOError:  # another group changed within 100 ms: try again shortly
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(RETRY_S)
+        except OSError:  # no autogroups here
+            return
+
+
 def autogroup_path(pid: int) -> str:
     return f"/proc/{pid}/autogroup"
 

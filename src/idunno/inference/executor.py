@@ -251,12 +251,27 @@ class Executor:
 
     # -- calls ---------------------------------------------------------------------------------
 
-    async def load(self, model: str, path: str | os.PathLike[str], preprocess: str) -> LoadReport:
+    async def load(
+        self,
+        model: str,
+        path: str | os.PathLike[str],
+        preprocess: str,
+        measured: LoadReport | None = None,
+    ) -> LoadReport:
         """Open `path` as `model` (replacing a model of that name), check it against the
-        preprocessing, warm it up and measure its cost per query. Raises ModelError."""
+        preprocessing, warm it up and measure its cost per query. With `measured`, the report
+        of an earlier load of the same file, its measured cost is kept and only one
+        warm-up run is made (a restart). Raises ModelError."""
         if preprocess not in PREPROCESSINGS:
             raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSINGS)}")
-        request = {"op": "load", "model": model, "path": os.fspath(path), "prep": preprocess}
+        request: dict[str, Any] = {
+            "op": "load",
+            "model": model,
+            "path": os.fspath(path),
+            "prep": preprocess,
+        }
+        if measured is not None:
+            request["measured"] = (measured.cost_per_query_s, measured.probe_batch)
         report: LoadReport = await self._call(request)
         self._reports[model] = report
         return report

@@ -337,13 +337,16 @@ class WorkerService:
                     return
                 self._log("executor_restarted", pid=self._executor.pid)
             ex = self._executor
-        # Load the models back now, so the next batch does not wait for it.
-        await self._reload(ex, had)
+        # Load the models back now, so the next batch does not wait for it: from the files
+        # already in the cache, with the dead one's measurements (see Executor.load).
+        await self._reload(ex, had, dead.models)
 
-    async def _reload(self, ex: Executor, specs: list[_ModelSpec]) -> None:
+    async def _reload(
+        self, ex: Executor, specs: list[_ModelSpec], measured: Mapping[str, LoadReport]
+    ) -> None:
         for spec in specs:
             try:
-                await self._ensure_model(ex, spec)
+                await self._ensure_model(ex, spec, measured.get(_session_key(spec)))
             except ExecutorError:
                 return  # this one died too: its replacement reloads what it needs
             except (ModelError, CatalogError, StoreError, PeerError, OSError) as exc:
@@ -372,9 +375,13 @@ class WorkerService:
                 out[spec.name] = {"error": one_line(str(exc)) or type(exc).__name__}
         return out
 
-    async def _ensure_model(self, ex: Executor, spec: _ModelSpec) -> dict[str, Any]:
+    async def _ensure_model(
+        self, ex: Executor, spec: _ModelSpec, measured: LoadReport | None = None
+    ) -> dict[str, Any]:
         """The model's report, loading it into `ex` first unless it is there at that version.
-        Raises ModelError, CatalogError (not in the store), store errors, ExecutorError."""
+        With `measured` (a reload after an executor died), the file fetched and verified then
+        is used again if it is still in the cache. Raises ModelError, CatalogError (not in the
+        store), store errors, ExecutorError."""
         lock = self._model_locks.setdefault(spec.name, asyncio.Lock())
         async with lock:
             if ex is not self._executor:  # replaced while this call waited: skip the fetch
@@ -386,19 +393,29 @@ class WorkerService:
                 raise ModelError(self._failed[spec])
             source = model_file(spec.name)
             path = self.cache_dir / "models" / f"{spec.name}-v{spec.version}.onnx"
+            # After an executor died, the file fetched (and verified) for it is still here.
+            cached = measured is not None and self._files.get(spec.name) == path and path.exists()
+            key = _session_key(spec)
             try:
-                await self._fetch_file(source, spec.version, path)
-            except NotFound as exc:
-                raise CatalogError(f"{source} v{spec.version}: {one_line(str(exc))}") from None
-            try:
-                report = _report(
-                    spec.version, await ex.load(_session_key(spec), path, spec.preprocess)
-                )
+                if cached:
+                    try:
+                        loaded = await ex.load(key, path, spec.preprocess, measured)
+                    except ModelError:  # the copy no longer loads (damaged on disk): fetch it
+                        cached = False
+                if not cached:
+                    try:
+                        await self._fetch_file(source, spec.version, path)
+                    except NotFound as exc:
+                        raise CatalogError(
+                            f"{source} v{spec.version}: {one_line(str(exc))}"
+                        ) from None
+                    loaded = await ex.load(key, path, spec.preprocess)
             except ModelError as exc:
                 self._failed[spec] = f"model {spec.name} v{spec.version}: {exc}"
                 self._loaded.pop(spec.name, None)
                 path.unlink(missing_ok=True)
                 raise ModelError(self._failed[spec]) from None
+            report = _report(spec.version, loaded)
             old = self._files.get(spec.name)
             self._files[spec.name] = path
             if old is not None and old != path:

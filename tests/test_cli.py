@@ -316,6 +316,28 @@ def test_node_bad_join_is_a_one_line_error(
     assert_one_line_error(r, "--join", "'oops'")
 
 
+@pytest.mark.parametrize(
+    ("cpus", "fragment"), [("x", "expected CPU numbers"), ("4096", "CPU 4096 is not available")]
+)
+def test_node_bad_executor_cpus_is_a_one_line_error(
+    idunno: CliRunner, key_file: Path, tmp_path: Path, cpus: str, fragment: str
+) -> None:
+    port = free_ports(1)[0]
+    r = idunno(
+        "node",
+        "--listen",
+        f"{HOST}:{port}",
+        "--executor-cpus",
+        cpus,
+        "--key-file",
+        str(key_file),
+        "--data-dir",
+        str(tmp_path / "data"),
+        timeout=30,
+    )
+    assert_one_line_error(r, "--executor-cpus", fragment)
+
+
 @pytest.mark.parametrize("command", ["node", "up"])
 def test_unknown_preset_is_rejected(idunno: CliRunner, key_file: Path, command: str) -> None:
     args = ["--listen", f"{HOST}:{free_ports(1)[0]}"] if command == "node" else []

@@ -615,3 +615,17 @@ def test_a_process_can_put_itself_in_the_background_before_its_imports() -> None
     niced, group = out.stdout.split()
     assert int(niced) == 5
     assert group in (str(BACKGROUND), "none")
+
+
+def test_a_pinned_executor_runs_every_thread_on_its_cpus(
+    spawn: Spawn, runner: asyncio.Runner, model_files: dict[str, Path]
+) -> None:
+    """Set in the child before any thread starts: its decode, inference and urgent threads
+    (and ONNX Runtime's) all inherit it."""
+    cpu = max(os.sched_getaffinity(0))
+    ex = spawn(cpus=frozenset({cpu}))
+    runner.run(ex.load("mlp", model_files["digits_mlp"], "digits"))
+    assert runner.run(ex.run("b", "mlp", list(digit_items())[:4])).results[0].ok
+    threads = [int(t) for t in os.listdir(f"/proc/{ex.pid}/task")]
+    assert len(threads) >= 4  # main, decode, infer, urgent
+    assert all(os.sched_getaffinity(t) == {cpu} for t in threads)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from idunno import localcluster
@@ -339,6 +341,24 @@ def test_train_reports_a_cost_per_query_of_every_model_on_every_worker(
     assert all(r[3] == "ms" for r in rows), table
     one = ok_json(idunno("train", "--model", "digits_mlp", "--json", *e.at()))
     assert [m["model"] for m in one["models"]] == ["digits_mlp"]
+
+
+def test_each_nodes_executor_runs_on_one_core_round_robin(env: Env) -> None:
+    """A local cluster pins node n<i>'s executor to core i-1 modulo the cores this process may
+    use (see idunno/inference/cpus.py); every node of this cluster has trained, so each has
+    its executor."""
+    cores = sorted(os.sched_getaffinity(0))
+    for name, node in env.c.nodes.items():
+        executors = [
+            child
+            for child in psutil.Process(node.pid).children()
+            if "idunno.inference._executor_main" in child.cmdline()
+        ]
+        assert len(executors) == 1, name
+        index = int(name.removeprefix("n")) - 1
+        assert executors[0].cpu_affinity() == [cores[index % len(cores)]], name
+        for thread in executors[0].threads():
+            assert os.sched_getaffinity(thread.id) == {cores[index % len(cores)]}, name
 
 
 def test_training_an_unknown_model_is_one_line(env: Env, idunno: CliRunner) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from idunno.client import Client, ClientError
+from idunno.inference import cpus
 from idunno.transport import keys
 
 DEFAULT_DIR = Path(".idunno")
@@ -102,8 +103,11 @@ def spawn_node(
     preset: str = "lan",
     extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start one node in the background, its stderr going to DATA_DIR/stderr.log."""
+    """Start one node in the background, its stderr going to DATA_DIR/stderr.log. Its executor
+    is pinned to one core, round robin by the node's number (see idunno.inference.cpus),
+    unless `extra` chooses its CPUs or inference threads."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    extra = [*extra, *cpus.local_node_pin(name, extra, sorted(os.sched_getaffinity(0)))]
     with open(data_dir / "stderr.log", "ab") as err:
         return subprocess.Popen(
             node_command(name, address, seeds, data_dir, key_file, preset, extra),

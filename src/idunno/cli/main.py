@@ -18,6 +18,7 @@ from idunno.cli import config_cmds, dashboard_cmds, job_cmds, logs_cmds, model_c
 from idunno.cli.options import add_cluster_options
 from idunno.cli.render import format_time, table
 from idunno.client import Client, ClientError
+from idunno.inference import cpus
 from idunno.localcluster import (
     DEFAULT_DIR,
     KEY_FILE,
@@ -134,6 +135,12 @@ def cmd_node(args: argparse.Namespace) -> int:
         raise UsageError("--replicas, --min-replicas and --keep-versions must be at least 1")
     if not 0 <= node["inference_threads"] <= 64:
         raise UsageError("--inference-threads must be from 0 (no inference work) to 64")
+    executor_cpus = None
+    if args.executor_cpus is not None:
+        try:
+            executor_cpus = cpus.usable_cpus(cpus.parse_cpu_list(args.executor_cpus))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     opts = NodeOptions(
         name=name,
         host=host,
@@ -148,6 +155,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         store=store,
         stderr_level=node["log_level"],
         inference_threads=node["inference_threads"],
+        executor_cpus=executor_cpus,
     )
     try:
         asyncio.run(Node(opts).run())
@@ -354,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="T",
         help="ONNX Runtime intra-op threads of this node's worker (default 1; 0: takes no jobs)",
+    )
+    p.add_argument(
+        "--executor-cpus",
+        metavar="LIST",
+        help="CPUs its worker's executor may run on, e.g. 0 or 0-3 (default: any; local "
+        "clusters give each node one core, round robin)",
     )
     p.add_argument("--fault-drop", type=float, default=0.0, help=argparse.SUPPRESS)
 

@@ -47,6 +47,8 @@ if __name__ == "__main__":
     # second of CPU): a fresh session's scheduling group weighs like the node's until lowered,
     # and an executor restarted while the others work took most of a core from them.
     enter_background(NICENESS, BACKGROUND)
+    if len(sys.argv) > 2:  # the CPUs it may use: set before any thread starts, all inherit it
+        os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})
 
 # isort: off
 import numpy as np  # noqa: E402

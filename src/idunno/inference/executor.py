@@ -192,8 +192,10 @@ class Executor:
         *,
         max_inflight: int = MAX_INFLIGHT,
         start_timeout: float = START_TIMEOUT_S,
+        cpus: frozenset[int] | None = None,
     ) -> Self:
-        """Spawn the child and wait until it is ready (its imports take about 0.3 s)."""
+        """Spawn the child and wait until it is ready (its imports take about 0.3 s). With
+        `cpus`, the child and every thread it starts run only on those CPUs (see cpus.py)."""
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if max_inflight < 1:
@@ -203,6 +205,7 @@ class Executor:
             "-m",
             CHILD_MODULE,
             str(threads),
+            *([",".join(str(c) for c in sorted(cpus))] if cpus else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=_child_env(),

@@ -230,10 +230,12 @@ class WorkerService:
         log: LogFn,
         threads: int = 1,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.me = me
         self.cache_dir = cache_dir
         self.threads = threads
+        self.cpus = cpus  # where its executor runs (None: anywhere)
         self.enabled = threads > 0
         self.fence = fence
         self._read_file = read_file
@@ -295,7 +297,7 @@ class WorkerService:
                 raise WorkerUnavailable(f"the worker on node {self.me} is not running")
             if self._executor is None:
                 try:
-                    self._executor = await Executor.start(self.threads)
+                    self._executor = await Executor.start(self.threads, cpus=self.cpus)
                 except ExecutorError as exc:
                     self._log("executor_start_failed", level="error", detail=str(exc))
                     raise WorkerUnavailable(
@@ -330,7 +332,7 @@ class WorkerService:
                 return
             if self._executor is None:  # else a command started one meanwhile
                 try:
-                    self._executor = await Executor.start(self.threads)
+                    self._executor = await Executor.start(self.threads, cpus=self.cpus)
                 except ExecutorError as again:
                     # Left at None: the next command tries to start one again.
                     self._log("executor_start_failed", level="error", detail=str(again))
@@ -623,6 +625,7 @@ class WorkerService:
         return {
             "worker": self.me,
             "threads": self.threads,
+            "cpus": sorted(self.cpus) if self.cpus is not None else None,
             "enabled": self.enabled,
             "models": {
                 name: {"version": m.version, "cost_per_query_s": m.report["cost_per_query_s"]}

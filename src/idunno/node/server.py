@@ -61,6 +61,7 @@ class NodeOptions:
     store: StoreConfig = field(default_factory=StoreConfig)
     stderr_level: str = "info"
     inference_threads: int = 1  # 0: this node takes no inference work
+    executor_cpus: frozenset[int] | None = None  # None: its executor runs on any CPU
 
 
 class Node:
@@ -159,6 +160,7 @@ class Node:
             fence,
             self.log,
             threads=opts.inference_threads,
+            cpus=opts.executor_cpus,
         )
         rpc = Rpc(self._session, opts.key)
         self.control = ControlPlane(opts.name, self.store, rpc, self.live_view, fence, self.log)

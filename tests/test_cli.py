@@ -297,45 +297,36 @@ def test_node_bad_listen_is_a_one_line_error(
     assert_one_line_error(r, fragment)
 
 
-def test_node_bad_join_is_a_one_line_error(
-    idunno: CliRunner, key_file: Path, tmp_path: Path
-) -> None:
-    port = free_ports(1)[0]
-    r = idunno(
-        "node",
-        "--listen",
-        f"{HOST}:{port}",
-        "--join",
-        "127.0.0.1:7000,oops",
-        "--key-file",
-        str(key_file),
-        "--data-dir",
-        str(tmp_path / "data"),
-        timeout=30,
-    )
-    assert_one_line_error(r, "--join", "'oops'")
-
-
 @pytest.mark.parametrize(
-    ("cpus", "fragment"), [("x", "expected CPU numbers"), ("4096", "CPU 4096 is not available")]
+    ("flag", "value", "fragments"),
+    [
+        ("--join", "127.0.0.1:7000,oops", ("--join", "'oops'")),
+        ("--executor-cpus", "x", ("--executor-cpus", "expected CPU numbers")),
+        ("--executor-cpus", "4096", ("--executor-cpus", "CPU 4096 is not available")),
+    ],
 )
-def test_node_bad_executor_cpus_is_a_one_line_error(
-    idunno: CliRunner, key_file: Path, tmp_path: Path, cpus: str, fragment: str
+def test_a_bad_node_flag_is_a_one_line_error(
+    idunno: CliRunner,
+    key_file: Path,
+    tmp_path: Path,
+    flag: str,
+    value: str,
+    fragments: tuple[str, ...],
 ) -> None:
     port = free_ports(1)[0]
     r = idunno(
         "node",
         "--listen",
         f"{HOST}:{port}",
-        "--executor-cpus",
-        cpus,
+        flag,
+        value,
         "--key-file",
         str(key_file),
         "--data-dir",
         str(tmp_path / "data"),
         timeout=30,
     )
-    assert_one_line_error(r, "--executor-cpus", fragment)
+    assert_one_line_error(r, *fragments)
 
 
 @pytest.mark.parametrize("command", ["node", "up"])

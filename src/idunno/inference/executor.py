@@ -40,7 +40,6 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, Self
 
 from idunno.inference.cpu_priority import GroupPriority
-from idunno.inference.cpus import format_cpu_list
 
 DEFAULT_THREADS: Final = 1
 MAX_INFLIGHT: Final = 2  # one batch running, one being decoded (see docs/control-plane.md)
@@ -206,7 +205,7 @@ class Executor:
             "-m",
             CHILD_MODULE,
             str(threads),
-            *([format_cpu_list(cpus)] if cpus else []),
+            *([",".join(str(c) for c in sorted(cpus))] if cpus else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=_child_env(),
